@@ -11,8 +11,8 @@ Ansible over plain ssh exactly as a VM would be.
   lab.py status                               list hosts
   lab.py shell NAME -- CMD...                 run a command inside a host (nsenter)
 
-Everything lives under $DAGSTER_LAB_DIR (default /var/lib/dagster-lab) and the rootfs
-cache under $DAGSTER_LAB_CACHE (default /var/cache/dagster-lab). Runs that were killed
+Everything lives under /var/lib/dagster-lab (hosts, ssh key, generated secrets) and the
+rootfs cache under $DAGSTER_LAB_CACHE (default /var/cache/dagster-lab). Runs that were killed
 half-way are tolerated: `up` and `down` clean whatever a previous run left behind.
 """
 
@@ -29,7 +29,8 @@ import sys
 import time
 from pathlib import Path
 
-STATE = Path(os.environ.get("DAGSTER_LAB_DIR", "/var/lib/dagster-lab"))
+# The lab inventory names files under STATE (ssh key, generated secrets).
+STATE = Path("/var/lib/dagster-lab")
 CACHE = Path(os.environ.get("DAGSTER_LAB_CACHE", "/var/cache/dagster-lab"))
 BRIDGE = os.environ.get("DAGSTER_LAB_BRIDGE", "dglab0")
 NETWORK = ipaddress.ip_network(os.environ.get("DAGSTER_LAB_NETWORK", "10.77.0.0/24"))

@@ -1,0 +1,151 @@
+"""The all-in-one host after converge: units, ports, locations, runs, health, restarts."""
+
+import re
+
+import pytest
+from dagster_platform import Webserver, record, webserver_url
+
+GRPC = {"hello": 4000, "assets_quickstart": 4001}
+JOBS = {
+    "hello": "hello_job",
+    "assets_quickstart": "orders_job",
+    "file_example": "file_job",
+    "module_example": "module_job",
+    "isolation": "isolation_job",
+}
+UNITS = ["postgresql.service", "dagster-webserver.service", "dagster-daemon.service"] + [
+    f"dagster-code@{name}.service" for name in GRPC
+]
+
+
+@pytest.fixture(scope="module")
+def web(host):
+    server = Webserver(webserver_url(host))
+    server.wait_ready()
+    return server
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_unit_active_and_enabled(host, unit):
+    service = host.service(unit)
+    assert service.is_running, unit
+    assert service.is_enabled, unit
+
+
+def test_ports_bound_where_intended(host):
+    listening = host.run("ss -Hltn").stdout
+    address = host.ansible.get_variables()["ansible_host"]
+    assert re.search(rf"\s127\.0\.0\.1:5432\s", listening), "PostgreSQL must listen on loopback"
+    assert not re.search(r"\s(0\.0\.0\.0|\*|\[::\]):5432\s", listening), "PostgreSQL must not listen on all addresses"
+    assert re.search(rf"\s{re.escape(address)}:3000\s", listening), "webserver on the lab address"
+    for name, port in GRPC.items():
+        assert re.search(rf"127\.0\.0\.1\]?:{port}\s", listening), f"{name} gRPC on loopback"
+        assert not re.search(rf"\s(0\.0\.0\.0|\*|\[::\]):{port}\s", listening), f"{name} gRPC not on all addresses"
+
+
+def test_services_run_as_the_dagster_user(host):
+    for unit in UNITS[1:]:
+        pid = host.run(f"systemctl show -P MainPID {unit}").stdout.strip()
+        user = host.run(f"ps -o user= -p {pid}").stdout.strip()
+        assert user == "dagster", f"{unit} runs as {user}"
+
+
+def test_every_location_loaded(web):
+    entries = web.wait_loaded()
+    assert set(entries) == set(JOBS)
+    for name, entry in entries.items():
+        assert entry["loadStatus"] == "LOADED", name
+        assert entry["locationOrLoadError"]["__typename"] == "RepositoryLocation", (name, entry)
+
+
+@pytest.mark.parametrize("location", sorted(JOBS))
+def test_job_reaches_success(web, location):
+    run_id = web.launch(location, JOBS[location])
+    assert web.wait_run(run_id) == "SUCCESS", f"run {run_id} of {location}"
+
+
+def test_isolation_asset_ran_in_its_own_venv(web, host):
+    run_id = web.launch("isolation", "isolation_job")
+    assert web.wait_run(run_id) == "SUCCESS"
+    data = web.gql(
+        """{ assetOrError(assetKey: {path: ["interpreter"]}) { ... on Asset {
+             assetMaterializations(limit: 1) { runId metadataEntries { label ... on TextMetadataEntry { text } } } } } }"""
+    )
+    materialization = data["assetOrError"]["assetMaterializations"][0]
+    meta = {e["label"]: e.get("text") for e in materialization["metadataEntries"]}
+    assert materialization["runId"] == run_id
+    assert meta["sys_executable"] == "/opt/dagster/locations/isolation/venv/bin/python"
+    assert meta["hostname"] == host.check_output("hostname")
+    control_python = host.check_output("readlink -f /opt/dagster/control/venv/bin/python")
+    assert meta["sys_prefix"] == "/opt/dagster/locations/isolation/venv" != control_python
+
+
+def test_daemon_is_healthy(web, host):
+    health = web.gql("{ instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }")
+    statuses = health["instance"]["daemonHealth"]["allDaemonStatuses"]
+    required = [s for s in statuses if s["required"]]
+    assert {s["daemonType"] for s in required} >= {"SCHEDULER", "SENSOR", "QUEUED_RUN_COORDINATOR"}
+    assert all(s["healthy"] for s in required), statuses
+    liveness = host.run(
+        "runuser -u dagster -- env $(grep -v '^#' /etc/dagster/dagster.env | xargs) "
+        "/opt/dagster/control/venv/bin/dagster-daemon liveness-check"
+    )
+    assert liveness.rc == 0, liveness.stdout + liveness.stderr
+
+
+def test_hello_schedule_is_running(web):
+    data = web.gql(
+        """{ scheduleOrError(scheduleSelector: {repositoryLocationName: "hello",
+             repositoryName: "__repository__", scheduleName: "hello_daily"}) {
+             ... on Schedule { cronSchedule scheduleState { status } } } }"""
+    )
+    schedule = data["scheduleOrError"]
+    assert schedule["cronSchedule"] == "0 10 * * *"
+    assert schedule["scheduleState"]["status"] == "RUNNING"
+
+
+def test_run_history_survives_restarts(web, host):
+    before = {r["runId"] for r in web.gql("{ runsOrError(limit: 100) { ... on Runs { results { runId } } } }")
+              ["runsOrError"]["results"]}
+    assert before, "earlier tests launched runs"
+    host.run_test("systemctl restart postgresql.service")
+    host.run_test("systemctl restart " + " ".join(u for u in UNITS if u.startswith("dagster-")))
+    for unit in UNITS:
+        assert host.service(unit).is_running, unit
+    web.wait_ready()
+    assert all(e["loadStatus"] == "LOADED" for e in web.wait_loaded().values())
+    after = {r["runId"] for r in web.gql("{ runsOrError(limit: 100) { ... on Runs { results { runId } } } }")
+             ["runsOrError"]["results"]}
+    assert before <= after
+
+
+def test_secrets_are_not_world_readable(host):
+    for path in ["/etc/dagster/dagster.env", *[f"/etc/dagster/locations/{n}.env" for n in JOBS]]:
+        f = host.file(path)
+        assert f.exists, path
+        assert f.user == "root" and f.group == "dagster" and f.mode == 0o640, path
+    assert host.file("/etc/dagster").mode == 0o750
+    hba = host.file("/etc/postgresql/15/main/pg_hba.conf").content_string
+    assert "scram-sha-256" in hba and " trust" not in hba and " md5" not in hba
+    assert re.search(r"host\s+all\s+all\s+0\.0\.0\.0/0\s+reject", hba)
+
+
+def test_units_are_hardened(host):
+    scores = {}
+    for unit in UNITS[1:]:
+        out = host.check_output(f"systemd-analyze security --no-pager {unit} | tail -1")
+        score = float(re.search(r"exposure level for \S+: (\d+\.\d+)", out).group(1))
+        scores[unit] = score
+    record("systemd_analyze_security_exposure", scores)
+    assert all(score <= 2.0 for score in scores.values()), scores
+
+
+def test_code_server_memory(host):
+    rss = {}
+    for name in GRPC:
+        # The unit's processes: the code server proxy and its child serving the code.
+        kib = host.check_output(f"ps -e -o unit=,rss= | awk '$1 == \"dagster-code@{name}.service\" {{s += $2}} END {{print s}}'")
+        rss[name] = round(int(kib) / 1024)
+    record("code_server_rss_mib", rss)
+    # A regression guard: a 2-asset code server takes ~250 MiB (proxy + child).
+    assert all(0 < mib < 1024 for mib in rss.values()), rss

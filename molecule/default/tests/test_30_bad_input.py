@@ -1,0 +1,46 @@
+"""Bad inventory input fails before anything on the host changes, saying what to fix."""
+
+import pytest
+import yaml
+from dagster_platform import PROJECT, run_site
+
+BASE = yaml.safe_load((PROJECT / "inventory/lab/group_vars/all/dagster.yml").read_text())["dagster_locations"]
+HELLO = {"name": "extra", "source": "code_locations/hello", "module": "hello.definitions", "port": 4010}
+# Files and folders the platform owns; runtime data under /var/lib/dagster is left out.
+SNAPSHOT = (
+    "find /etc/dagster /opt/dagster /etc/systemd/system /etc/postgresql /usr/local/share/ca-certificates "
+    "-printf '%p %s %m %u %T@\\n' | sort | sha256sum"
+)
+
+CASES = {
+    "duplicate-name": ([dict(HELLO, name="hello")], 'location name "hello" is used by more than one entry'),
+    "port-taken": ([dict(HELLO, port=4000)], 'port 4000 on dagster-aio is already used by location "hello"'),
+    "port-of-webserver": ([dict(HELLO, port=3000)], "clashes with the webserver"),
+    "port-of-postgresql": ([dict(HELLO, port=5432)], "clashes with PostgreSQL"),
+    "bad-name": ([dict(HELLO, name="Extra-Location")], "the name must match ^[a-z][a-z0-9_]*$"),
+    "unknown-type": ([dict(HELLO, type="docker")], "docker"),
+    "missing-source": ([dict(HELLO, source="code_locations/does_not_exist")], "does not exist on the controller"),
+    "source-without-lock": ([dict(HELLO, source="files/lab")], "needs pyproject.toml and uv.lock"),
+    "host-not-in-dagster_code": ([dict(HELLO, host="db1")], 'host "db1" is not in the dagster_code group'),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_location_fails_before_any_change(host, tmp_path, case):
+    extra_locations, message = CASES[case]
+    extra = tmp_path / "bad.yml"
+    extra.write_text(yaml.safe_dump({"dagster_locations": BASE + extra_locations}))
+    before = host.check_output(SNAPSHOT)
+    result = run_site("-e", f"@{extra}")
+    assert result.returncode != 0
+    assert message in result.stdout, result.stdout[-3000:]
+    assert "changed=0" in result.stdout.split("PLAY RECAP")[-1]
+    assert host.check_output(SNAPSHOT) == before
+
+
+def test_empty_db_password_fails_before_any_change(host):
+    before = host.check_output(SNAPSHOT)
+    result = run_site("-e", "dagster_db_password=''")
+    assert result.returncode != 0
+    assert "dagster_db_password is empty" in result.stdout, result.stdout[-3000:]
+    assert host.check_output(SNAPSHOT) == before

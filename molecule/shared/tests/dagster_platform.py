@@ -1,0 +1,121 @@
+"""Helpers the molecule verifiers share: GraphQL against the webserver, playbook runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).resolve().parents[3]))
+ARTIFACTS = PROJECT / "artifacts"
+
+WORKSPACE_QUERY = """
+{ workspaceOrError { __typename ... on Workspace { locationEntries { name loadStatus
+  locationOrLoadError { __typename ... on PythonError { message } } } } } }
+"""
+LAUNCH = """
+mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { __typename
+  ... on LaunchRunSuccess { run { runId } } ... on PythonError { message }
+  ... on InvalidSubsetError { message } ... on RunConfigValidationInvalid { errors { message } } } }
+"""
+RUN_STATUS = "query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status } } }"
+FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+class Webserver:
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+
+    def gql(self, query: str, variables: dict | None = None, timeout: float = 60) -> dict:
+        body = json.dumps({"query": query, "variables": variables or {}}).encode()
+        req = urllib.request.Request(f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            doc = json.load(resp)
+        assert "errors" not in doc, doc["errors"]
+        return doc["data"]
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/server_info", timeout=5) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.url} did not answer /server_info in {timeout}s")
+            time.sleep(0.5)
+
+    def locations(self) -> dict[str, dict]:
+        entries = self.gql(WORKSPACE_QUERY)["workspaceOrError"]["locationEntries"]
+        return {entry["name"]: entry for entry in entries}
+
+    def wait_loaded(self, timeout: float = 180) -> dict[str, dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            entries = self.locations()
+            if all(e["loadStatus"] == "LOADED" for e in entries.values()):
+                return entries
+            if time.monotonic() > deadline:
+                return entries
+            time.sleep(1)
+
+    def launch(self, location: str, job: str) -> str:
+        params = {"selector": {"repositoryLocationName": location, "repositoryName": "__repository__",
+                               "jobName": job}, "runConfigData": {}}
+        result = self.gql(LAUNCH, {"p": params})["launchRun"]
+        assert result["__typename"] == "LaunchRunSuccess", result
+        return result["run"]["runId"]
+
+    def wait_run(self, run_id: str, timeout: float = 300) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.gql(RUN_STATUS, {"id": run_id})["runOrError"]["status"]
+            if status in FINISHED or time.monotonic() > deadline:
+                return status
+            time.sleep(1)
+
+
+def webserver_url(host) -> str:
+    variables = host.ansible.get_variables()
+    port = variables.get("dagster_webserver_port", 3000)
+    return f"http://{variables['ansible_host']}:{port}"
+
+
+def inventory_dir() -> str:
+    return str(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent)
+
+
+def run_site(*extra_args: str) -> subprocess.CompletedProcess:
+    """Run site.yml against the scenario's hosts exactly as a user would."""
+    env = dict(os.environ, ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_FORCE_COLOR="0")
+    return subprocess.run(
+        ["ansible-playbook", "-i", inventory_dir(), str(PROJECT / "site.yml"), *extra_args],
+        cwd=PROJECT, env=env, text=True, capture_output=True, timeout=900,
+    )
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """PLAY RECAP counters per host."""
+    hosts = {}
+    lines = output.splitlines()
+    for line in lines[next(i for i, l in enumerate(lines) if l.startswith("PLAY RECAP")) + 1:]:
+        if ":" not in line:
+            continue
+        name, _, counters = line.partition(":")
+        hosts[name.strip()] = {k: int(v) for k, v in (pair.split("=") for pair in counters.split())}
+    return hosts
+
+
+def record(name: str, value) -> None:
+    """Keep a measurement for the issue note (artifacts/measurements.json)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / "measurements.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[name] = value
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -277,6 +277,15 @@ def running_hosts() -> list[str]:
     return sorted(p.name for p in HOSTS.iterdir() if nspawn_pid(p.name) is not None)
 
 
+def sweep_dead_hosts() -> None:
+    """Remove hosts whose nspawn is gone (a killed run or a session that ended)."""
+    if HOSTS.is_dir():
+        for path in HOSTS.iterdir():
+            if nspawn_pid(path.name) is None:
+                stop_host(path.name)
+                log(f"{path.name}: removed what a stopped run left behind")
+
+
 def cmd_up(args) -> None:
     wanted = []
     for spec in args.hosts:
@@ -284,6 +293,7 @@ def cmd_up(args) -> None:
         if ipaddress.ip_address(ip) not in NETWORK or ip == gateway():
             raise SystemExit(f"lab: {ip} is not a host address of {NETWORK}")
         wanted.append((name, ip))
+    sweep_dead_hosts()
     ensure_rootfs()
     ensure_key()
     ensure_network()
@@ -307,6 +317,7 @@ def cmd_down(args) -> None:
     for name in names:
         stop_host(name)
         log(f"{name} removed")
+    sweep_dead_hosts()
     if not running_hosts():
         remove_network()
         log(f"bridge {BRIDGE} and nft table {NFT_TABLE} removed, ip_forward restored")

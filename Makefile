@@ -1,0 +1,60 @@
+# Two commands matter: `make lab` (the platform on a local throwaway host) and
+# `make test` (every test). Both install what they need; run them as root.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.9
+HOST_PACKAGES := debootstrap systemd-container nftables rsync openssh-client iproute2 python3
+LAB_HOSTS := dagster-lab=10.77.0.10
+LAB_URL := http://10.77.0.10:3000
+LOCATIONS := $(sort $(dir $(wildcard code_locations/*/pyproject.toml)))
+
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+
+.PHONY: help host-packages toolchain lab lab-down lint test-locations test-molecule test
+
+help:
+	@echo "make lab            boot the local lab host and install the platform on it"
+	@echo "make lab-down       remove every lab host, mount, bridge and nft table"
+	@echo "make test           lint, the code locations' tests, the molecule scenarios"
+
+host-packages:
+	@missing=$$(for p in $(HOST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# uv from the package index, then the locked controller toolchain in .venv.
+toolchain: host-packages
+	@command -v uv >/dev/null && uv --version | grep -q " $(UV_VERSION)" \
+	  || python3 -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+	uv sync --frozen --quiet
+
+lab: toolchain
+	python3 files/lab/lab.py up $(LAB_HOSTS)
+	ansible-playbook -i inventory/lab site.yml
+	@echo
+	@echo "Dagster UI: $(LAB_URL)"
+	@echo "Inside the host: python3 files/lab/lab.py shell dagster-lab -- systemctl status 'dagster-*'"
+
+lab-down:
+	python3 files/lab/lab.py down
+
+lint: toolchain
+	yamllint --strict .
+	ansible-lint
+	ansible-playbook -i inventory/lab site.yml --syntax-check
+
+test-locations: toolchain
+	@for dir in $(LOCATIONS); do \
+	  echo "== $$dir"; \
+	  (cd $$dir && uv run --frozen --quiet pytest -q -p no:cacheprovider); \
+	done
+
+test-molecule: toolchain
+	molecule test --all
+
+test: lint test-locations test-molecule

@@ -51,7 +51,8 @@ lint: toolchain
 test-locations: toolchain
 	@for dir in $(LOCATIONS); do \
 	  echo "== $$dir"; \
-	  (cd $$dir && uv run --frozen --quiet pytest -q -p no:cacheprovider); \
+	  (cd $$dir && uv run --frozen --quiet pytest -q -p no:cacheprovider \
+	    && uv run --frozen --quiet dagster definitions validate 2>&1 | tail -1); \
 	done
 
 test-molecule: toolchain

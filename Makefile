@@ -7,7 +7,7 @@ SHELL := /bin/bash
 UV_VERSION := 0.13.9
 HOST_PACKAGES := debootstrap systemd-container nftables rsync openssh-client iproute2 python3
 LAB_HOSTS := dagster-lab=10.77.0.10
-LAB_URL := http://10.77.0.10:3000
+LAB_URL := https://10.77.0.10
 LOCATIONS := $(sort $(dir $(wildcard code_locations/*/pyproject.toml)))
 
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
@@ -37,7 +37,8 @@ lab: toolchain
 	python3 files/lab/lab.py up $(LAB_HOSTS)
 	ansible-playbook -i inventory/lab site.yml
 	@echo
-	@echo "Dagster UI: $(LAB_URL)"
+	@echo "Dagster UI: $(LAB_URL)  (self-signed certificate; user admin,"
+	@echo "            password: sudo cat /var/lib/dagster-lab/secrets/ui_password)"
 	@echo "Inside the host: python3 files/lab/lab.py shell dagster-lab -- systemctl status 'dagster-*'"
 
 lab-down:

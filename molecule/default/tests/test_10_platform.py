@@ -1,9 +1,15 @@
 """The all-in-one host after converge: units, ports, locations, runs, health, restarts."""
 
+import base64
+import http.client
+import os
 import re
+import urllib.error
+import urllib.request
 
 import pytest
-from dagster_platform import Webserver, record, webserver_url
+
+from dagster_platform import platform_webserver, record
 
 GRPC = {"hello": 4000, "assets_quickstart": 4001}
 JOBS = {
@@ -19,8 +25,8 @@ UNITS = ["postgresql.service", "dagster-webserver.service", "dagster-daemon.serv
 
 
 @pytest.fixture(scope="module")
-def web(host):
-    server = Webserver(webserver_url(host))
+def web(host, tmp_path_factory):
+    server = platform_webserver(host, tmp_path_factory.mktemp("tls"))
     server.wait_ready()
     return server
 
@@ -37,7 +43,9 @@ def test_ports_bound_where_intended(host):
     address = host.ansible.get_variables()["ansible_host"]
     assert re.search(rf"\s127\.0\.0\.1:5432\s", listening), "PostgreSQL must listen on loopback"
     assert not re.search(r"\s(0\.0\.0\.0|\*|\[::\]):5432\s", listening), "PostgreSQL must not listen on all addresses"
-    assert re.search(rf"\s{re.escape(address)}:3000\s", listening), "webserver on the lab address"
+    assert re.search(r"\s127\.0\.0\.1:3000\s", listening), "webserver on loopback only"
+    assert not re.search(rf"\s(0\.0\.0\.0|\*|\[::\]|{re.escape(address)}):3000\s", listening)
+    assert re.search(r"\s(0\.0\.0\.0|\*):443\s", listening), "nginx serves https"
     for name, port in GRPC.items():
         assert re.search(rf"127\.0\.0\.1\]?:{port}\s", listening), f"{name} gRPC on loopback"
         assert not re.search(rf"\s(0\.0\.0\.0|\*|\[::\]):{port}\s", listening), f"{name} gRPC not on all addresses"
@@ -48,6 +56,33 @@ def test_services_run_as_the_dagster_user(host):
         pid = host.run(f"systemctl show -P MainPID {unit}").stdout.strip()
         user = host.run(f"ps -o user= -p {pid}").stdout.strip()
         assert user == "dagster", f"{unit} runs as {user}"
+
+
+def test_proxy_requires_the_login(web):
+    bare = urllib.request.Request(f"{web.url}/server_info")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(bare, timeout=10, context=web.context)
+    assert refused.value.code == 401
+    wrong = urllib.request.Request(f"{web.url}/server_info", headers={
+        "Authorization": "Basic " + base64.b64encode(b"admin:wrong-password").decode()})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(wrong, timeout=10, context=web.context)
+    assert refused.value.code == 401
+    with web.get("/runs") as page:
+        assert page.status == 200 and b"<html" in page.read().lower()
+
+
+def test_proxy_carries_the_graphql_websocket(web):
+    host = web.url.removeprefix("https://")
+    conn = http.client.HTTPSConnection(host, 443, context=web.context, timeout=10)
+    conn.request("GET", "/graphql", headers={
+        **web.headers, "Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+        "Sec-WebSocket-Protocol": "graphql-ws"})
+    response = conn.getresponse()
+    assert response.status == 101, (response.status, response.read()[:300])
+    assert response.getheader("Upgrade", "").lower() == "websocket"
+    conn.close()
 
 
 def test_every_location_loaded(web):

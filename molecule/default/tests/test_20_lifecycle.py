@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster_platform import PROJECT, Webserver, recap, record, run_site, webserver_url
+from dagster_platform import PROJECT, platform_webserver, recap, record, run_site
 
-BASE = yaml.safe_load((PROJECT / "inventory/lab/group_vars/all/dagster.yml").read_text())["dagster_locations"]
+BASE = yaml.safe_load((PROJECT / "inventory/lab/group_vars/all/locations.yml").read_text())["dagster_locations"]
 NEW = {"name": "hello_two", "source": "code_locations/hello", "module": "hello.definitions", "port": 4002}
 KEEP = ["dagster-webserver.service", "dagster-daemon.service", "dagster-code@hello.service",
         "dagster-code@assets_quickstart.service"]
@@ -27,8 +27,8 @@ def converge_with(tmp_path: Path, locations: list[dict]):
 
 
 @pytest.fixture(scope="module")
-def web(host):
-    server = Webserver(webserver_url(host))
+def web(host, tmp_path_factory):
+    server = platform_webserver(host, tmp_path_factory.mktemp("tls"))
     server.wait_ready()
     return server
 

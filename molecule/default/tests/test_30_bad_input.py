@@ -4,7 +4,7 @@ import pytest
 import yaml
 from dagster_platform import PROJECT, run_site
 
-BASE = yaml.safe_load((PROJECT / "inventory/lab/group_vars/all/dagster.yml").read_text())["dagster_locations"]
+BASE = yaml.safe_load((PROJECT / "inventory/lab/group_vars/all/locations.yml").read_text())["dagster_locations"]
 HELLO = {"name": "extra", "source": "code_locations/hello", "module": "hello.definitions", "port": 4010}
 # Files and folders the platform owns; runtime data under /var/lib/dagster is left out.
 SNAPSHOT = (

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -25,14 +27,27 @@ RUN_STATUS = "query($id: ID!) { runOrError(runId: $id) { __typename ... on Run {
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
 
 
+LAB_SECRETS = Path("/var/lib/dagster-lab/secrets")
+
+
 class Webserver:
-    def __init__(self, url: str):
+    """The UI and GraphQL through nginx: https with the host's certificate, basic auth."""
+
+    def __init__(self, url: str, user: str, password: str, cafile: str):
         self.url = url.rstrip("/")
+        self.context = ssl.create_default_context(cafile=cafile)
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.headers = {"Authorization": f"Basic {token}"}
+
+    def get(self, path: str, headers: dict | None = None, timeout: float = 10):
+        req = urllib.request.Request(f"{self.url}{path}", headers={**self.headers, **(headers or {})})
+        return urllib.request.urlopen(req, timeout=timeout, context=self.context)
 
     def gql(self, query: str, variables: dict | None = None, timeout: float = 60) -> dict:
         body = json.dumps({"query": query, "variables": variables or {}}).encode()
-        req = urllib.request.Request(f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        req = urllib.request.Request(f"{self.url}/graphql", data=body,
+                                     headers={**self.headers, "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout, context=self.context) as resp:
             doc = json.load(resp)
         assert "errors" not in doc, doc["errors"]
         return doc["data"]
@@ -41,7 +56,7 @@ class Webserver:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                with urllib.request.urlopen(f"{self.url}/server_info", timeout=5) as resp:
+                with self.get("/server_info", timeout=5) as resp:
                     if resp.status == 200:
                         return
             except OSError:
@@ -80,10 +95,13 @@ class Webserver:
             time.sleep(1)
 
 
-def webserver_url(host) -> str:
-    variables = host.ansible.get_variables()
-    port = variables.get("dagster_webserver_port", 3000)
-    return f"http://{variables['ansible_host']}:{port}"
+def platform_webserver(control_host, tmp_dir: Path) -> Webserver:
+    """The control host's UI as a user reaches it: through nginx, trusting its certificate."""
+    address = control_host.ansible.get_variables()["ansible_host"]
+    cafile = tmp_dir / f"{address}.crt"
+    cafile.write_text(control_host.file("/etc/nginx/dagster/tls.crt").content_string)
+    password = (LAB_SECRETS / "ui_password").read_text().strip()
+    return Webserver(f"https://{address}", "admin", password, str(cafile))
 
 
 def inventory_dir() -> str:

@@ -6,8 +6,20 @@ SHELL := /bin/bash
 
 UV_VERSION := 0.13.9
 HOST_PACKAGES := debootstrap systemd-container nftables rsync openssh-client iproute2 python3
+# The multinode scenario looks at the UI in a real browser (playwright-core from npm
+# drives Debian's Chromium; nothing downloads a browser of its own).
+TEST_PACKAGES := chromium
+# make lab TOPOLOGY=multinode: database, control and two code hosts on four hosts.
+TOPOLOGY ?= single
+ifeq ($(TOPOLOGY),multinode)
+LAB_INVENTORY := inventory/lab-multinode
+LAB_HOSTS := dg-db=10.77.0.31 dg-control=10.77.0.32 dg-code1=10.77.0.33 dg-code2=10.77.0.34
+LAB_URL := https://10.77.0.32
+else
+LAB_INVENTORY := inventory/lab
 LAB_HOSTS := dagster-lab=10.77.0.10
 LAB_URL := https://10.77.0.10
+endif
 LOCATIONS := $(sort $(dir $(wildcard code_locations/*/pyproject.toml)))
 
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
@@ -17,11 +29,12 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
 help:
 	@echo "make lab            boot the local lab host and install the platform on it"
+	@echo "                    (TOPOLOGY=multinode: db, control and two code hosts)"
 	@echo "make lab-down       remove every lab host, mount, bridge and nft table"
 	@echo "make test           lint, the code locations' tests, the molecule scenarios"
 
 host-packages:
-	@missing=$$(for p in $(HOST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@missing=$$(for p in $(HOST_PACKAGES) $(EXTRA_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing $$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
@@ -35,11 +48,11 @@ toolchain: host-packages
 
 lab: toolchain
 	python3 files/lab/lab.py up $(LAB_HOSTS)
-	ansible-playbook -i inventory/lab site.yml
+	ansible-playbook -i $(LAB_INVENTORY) site.yml
 	@echo
 	@echo "Dagster UI: $(LAB_URL)  (self-signed certificate; user admin,"
 	@echo "            password: sudo cat /var/lib/dagster-lab/secrets/ui_password)"
-	@echo "Inside the host: python3 files/lab/lab.py shell dagster-lab -- systemctl status 'dagster-*'"
+	@echo "Inside a host: python3 files/lab/lab.py shell $(firstword $(subst =, ,$(lastword $(LAB_HOSTS)))) -- systemctl status 'dagster-*'"
 
 lab-down:
 	python3 files/lab/lab.py down
@@ -48,6 +61,7 @@ lint: toolchain
 	yamllint --strict .
 	ansible-lint
 	ansible-playbook -i inventory/lab site.yml --syntax-check
+	ansible-playbook -i inventory/lab-multinode site.yml --syntax-check
 
 test-locations: toolchain
 	@for dir in $(LOCATIONS); do \
@@ -57,6 +71,9 @@ test-locations: toolchain
 	done
 
 test-molecule: toolchain
+	$(MAKE) host-packages EXTRA_PACKAGES="$(TEST_PACKAGES)"
+	command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+	npm ci --prefix molecule/multinode/browser --no-audit --no-fund --silent
 	molecule test --all
 
 test: lint test-locations test-molecule

@@ -1,0 +1,220 @@
+"""Four hosts: each serves what its groups say, and the network is closed to everyone else."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import testinfra
+import yaml
+from dagster_platform import ARTIFACTS, LAB_SECRETS, PROJECT, platform_webserver, record, run_site
+
+# `host` is the control host; the others come from their groups.
+testinfra_hosts = ["ansible://dagster_control"]
+INVENTORY = os.environ.get("MOLECULE_INVENTORY_FILE", "")
+
+PG_PROBE = r"""
+import socket, struct, sys
+conn = socket.create_connection((sys.argv[1], 5432), timeout=5)
+params = b"user\x00dagster\x00database\x00dagster\x00\x00"
+conn.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
+kind = conn.recv(1).decode()
+print(kind, conn.recv(4096)[4:].replace(b"\x00", b" ").decode(errors="replace"))
+"""
+TCP_PROBE = r"""
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5).close()
+    print("open")
+except ConnectionRefusedError:
+    print("refused")
+except OSError as error:
+    print("error", error)
+"""
+
+
+def hosts(group):
+    return testinfra.get_hosts([f"ansible://{group}"], ansible_inventory=INVENTORY)
+
+
+def address(h):
+    return h.ansible.get_variables()["ansible_host"]
+
+
+def name(h):
+    return h.ansible.get_variables()["inventory_hostname"]
+
+
+@pytest.fixture(scope="module")
+def db():
+    return hosts("dagster_db")[0]
+
+
+@pytest.fixture(scope="module")
+def code1():
+    return hosts("dagster_code")[0]
+
+
+@pytest.fixture(scope="module")
+def code2():
+    return hosts("dagster_code")[1]
+
+
+@pytest.fixture(scope="module")
+def outsider():
+    return hosts("outsiders")[0]
+
+
+@pytest.fixture(scope="module")
+def web(host, tmp_path_factory):
+    server = platform_webserver(host, tmp_path_factory.mktemp("tls"))
+    server.wait_ready()
+    return server
+
+
+def test_each_host_runs_its_units(host, db, code1, code2):
+    assert db.service("postgresql").is_running
+    for unit in ("dagster-webserver", "dagster-daemon", "nginx"):
+        assert host.service(unit).is_running and host.service(unit).is_enabled, unit
+    assert not host.file("/etc/systemd/system/dagster-code@hello.service.d").exists
+    for h, locations in ((code1, ["hello", "assets_quickstart"]), (code2, ["isolation_remote"])):
+        for location in locations:
+            unit = h.service(f"dagster-code@{location}")
+            assert unit.is_running and unit.is_enabled, (name(h), location)
+        assert not h.service("dagster-webserver").is_running
+        assert not h.service("postgresql").is_running
+        assert h.service("nftables-dagster").is_enabled
+    assert not db.service("dagster-webserver").is_running
+
+
+def test_code_servers_bind_their_private_address(code1, code2):
+    for h, ports in ((code1, [4000, 4001]), (code2, [4000])):
+        listening = h.check_output("ss -Hltn")
+        for port in ports:
+            assert f"{address(h)}:{port} " in listening, (name(h), port, listening)
+            assert f"0.0.0.0:{port} " not in listening and f"*:{port} " not in listening
+
+
+def test_database_admits_exactly_the_platform_hosts(host, db, code1, code2, outsider):
+    observed = {}
+    for h in (host, code1, code2):
+        out = h.check_output("python3 -c %s %s", PG_PROBE, address(db))
+        observed[name(h)] = out
+        assert out.startswith("R"), (name(h), out)  # asked to authenticate: pg_hba admits it
+    refused = outsider.check_output("python3 -c %s %s", PG_PROBE, address(db))
+    observed[name(outsider)] = refused
+    record("multinode_postgresql_probe", observed)
+    assert refused.startswith("E") and "pg_hba.conf rejects connection" in refused, refused
+    assert f'"{address(outsider)}"' in refused
+
+
+def test_grpc_ports_admit_the_control_host_only(host, code1, code2, outsider):
+    observed = {}
+    for port in (4000, 4001):
+        assert host.check_output("python3 -c %s %s %s", TCP_PROBE, address(code1), port) == "open"
+        for other in (code2, outsider):
+            result = other.check_output("python3 -c %s %s %s", TCP_PROBE, address(code1), port)
+            observed[f"{name(other)} -> {name(code1)}:{port}"] = result
+            assert result == "refused", (name(other), port, result)
+    result = outsider.check_output("python3 -c %s %s %s", TCP_PROBE, address(code2), 4000)
+    observed[f"{name(outsider)} -> {name(code2)}:4000"] = result
+    assert result == "refused"
+    record("multinode_grpc_probe", observed)
+
+
+def test_every_location_loaded(web):
+    entries = web.wait_loaded()
+    assert set(entries) == {"hello", "assets_quickstart", "isolation_remote", "file_example",
+                            "module_example", "isolation"}
+    for location, entry in entries.items():
+        assert entry["locationOrLoadError"]["__typename"] == "RepositoryLocation", (location, entry)
+
+
+@pytest.mark.parametrize("location,job", [
+    ("hello", "hello_job"), ("assets_quickstart", "orders_job"), ("file_example", "file_job"),
+    ("module_example", "module_job"), ("isolation", "isolation_job"),
+])
+def test_job_reaches_success(web, location, job):
+    assert web.wait_run(web.launch(location, job)) == "SUCCESS", location
+
+
+def materialized_by(web, run_id):
+    data = web.gql(
+        """query($id: ID!) { runOrError(runId: $id) { ... on Run { assetMaterializations {
+             assetKey { path } metadataEntries { label ... on TextMetadataEntry { text } } } } } }""",
+        {"id": run_id})
+    entries = data["runOrError"]["assetMaterializations"][0]["metadataEntries"]
+    return {e["label"]: e.get("text") for e in entries}
+
+
+def test_runs_execute_on_the_host_that_serves_their_location(web, host, code2):
+    run_id = web.launch("isolation_remote", "isolation_job")
+    assert web.wait_run(run_id) == "SUCCESS"
+    remote = materialized_by(web, run_id)
+    assert remote["hostname"] == code2.check_output("hostname")
+    assert remote["sys_executable"] == "/opt/dagster/locations/isolation_remote/venv/bin/python"
+    run_id = web.launch("isolation", "isolation_job")
+    assert web.wait_run(run_id) == "SUCCESS"
+    local = materialized_by(web, run_id)
+    assert local["hostname"] == host.check_output("hostname")
+    record("multinode_isolation_hostnames", {"isolation_remote": remote["hostname"], "isolation": local["hostname"]})
+
+
+def test_ui_in_headless_chromium(web):
+    """The UI through nginx, logged in, in Debian's Chromium: screenshots kept as artifacts."""
+    script = Path(__file__).resolve().parents[1] / "browser" / "screenshot.mjs"
+    assert (script.parent / "node_modules" / "playwright-core").is_dir(), "make test runs npm ci there"
+    password = (LAB_SECRETS / "ui_password").read_text().strip()
+    ARTIFACTS.mkdir(exist_ok=True)
+    result = subprocess.run(
+        ["node", str(script), web.url, "admin", password, str(ARTIFACTS),
+         "locations:hello,assets_quickstart,isolation_remote,file_example,module_example,isolation",
+         "runs:isolation_job,hello_job,Success"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    texts = json.loads(result.stdout)
+    for location in ("hello", "assets_quickstart", "isolation_remote", "file_example", "module_example"):
+        assert location in texts["locations"], texts["locations"][:2000]
+    assert texts["locations"].count("Loaded") >= 6, texts["locations"][:2000]
+    assert "hello_job" in texts["runs"] and "Success" in texts["runs"], texts["runs"][:2000]
+    for page in ("locations", "runs"):
+        assert (ARTIFACTS / f"{page}.png").stat().st_size > 20_000
+    record("multinode_screenshots", [str(ARTIFACTS / "locations.png"), str(ARTIFACTS / "runs.png")])
+
+
+def main_pids(h, units):
+    return {unit: h.check_output(f"systemctl show -P MainPID {unit}") for unit in units}
+
+
+def test_adding_a_code_host_is_inventory_only(host, db, code1, code2, outsider, web, tmp_path):
+    """Last: the outsider joins dagster_code with a location of its own; nothing else restarts."""
+    before = {
+        name(host): main_pids(host, ["dagster-webserver", "dagster-daemon", "nginx"]),
+        name(db): main_pids(db, ["postgresql@15-main"]),
+        name(code1): main_pids(code1, ["dagster-code@hello", "dagster-code@assets_quickstart"]),
+        name(code2): main_pids(code2, ["dagster-code@isolation_remote"]),
+    }
+    joins = tmp_path / "code3.yml"
+    joins.write_text(yaml.safe_dump({"dagster_code": {"hosts": {name(outsider): None}}}))
+    locations = yaml.safe_load((PROJECT / "inventory/lab-multinode/group_vars/all/locations.yml").read_text())
+    locations["dagster_locations"].append({"name": "isolation_code3", "source": "code_locations/isolation",
+                                           "module": "isolation.definitions", "host": name(outsider),
+                                           "port": 4000})
+    extra = tmp_path / "locations.yml"
+    extra.write_text(yaml.safe_dump(locations))
+    result = run_site("-i", str(joins), "-e", f"@{extra}")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+    assert outsider.service("dagster-code@isolation_code3").is_running
+    run_id = web.launch("isolation_code3", "isolation_job")
+    assert web.wait_run(run_id) == "SUCCESS"
+    assert materialized_by(web, run_id)["hostname"] == outsider.check_output("hostname")
+    after = {
+        name(host): main_pids(host, ["dagster-webserver", "dagster-daemon", "nginx"]),
+        name(db): main_pids(db, ["postgresql@15-main"]),
+        name(code1): main_pids(code1, ["dagster-code@hello", "dagster-code@assets_quickstart"]),
+        name(code2): main_pids(code2, ["dagster-code@isolation_remote"]),
+    }
+    assert after == before

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -92,8 +93,9 @@ def test_code_servers_bind_their_private_address(code1, code2):
     for h, ports in ((code1, [4000, 4001]), (code2, [4000])):
         listening = h.check_output("ss -Hltn")
         for port in ports:
-            assert f"{address(h)}:{port} " in listening, (name(h), port, listening)
-            assert f"0.0.0.0:{port} " not in listening and f"*:{port} " not in listening
+            # gRPC listens on an IPv6 socket: an IPv4 address shows as [::ffff:a.b.c.d].
+            assert re.search(rf"\s(\[::ffff:)?{re.escape(address(h))}\]?:{port}\s", listening), (name(h), port, listening)
+            assert not re.search(rf"\s(0\.0\.0\.0|\*|\[::\]):{port}\s", listening), (name(h), port, listening)
 
 
 def test_database_admits_exactly_the_platform_hosts(host, db, code1, code2, outsider):
@@ -112,12 +114,12 @@ def test_database_admits_exactly_the_platform_hosts(host, db, code1, code2, outs
 def test_grpc_ports_admit_the_control_host_only(host, code1, code2, outsider):
     observed = {}
     for port in (4000, 4001):
-        assert host.check_output("python3 -c %s %s %s", TCP_PROBE, address(code1), port) == "open"
+        assert host.check_output("python3 -c %s %s %s", TCP_PROBE, address(code1), str(port)) == "open"
         for other in (code2, outsider):
-            result = other.check_output("python3 -c %s %s %s", TCP_PROBE, address(code1), port)
+            result = other.check_output("python3 -c %s %s %s", TCP_PROBE, address(code1), str(port))
             observed[f"{name(other)} -> {name(code1)}:{port}"] = result
             assert result == "refused", (name(other), port, result)
-    result = outsider.check_output("python3 -c %s %s %s", TCP_PROBE, address(code2), 4000)
+    result = outsider.check_output("python3 -c %s %s %s", TCP_PROBE, address(code2), "4000")
     observed[f"{name(outsider)} -> {name(code2)}:4000"] = result
     assert result == "refused"
     record("multinode_grpc_probe", observed)

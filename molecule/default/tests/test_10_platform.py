@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from dagster_platform import platform_webserver, record
+from dagster_platform import record
 
 GRPC = {"hello": 4000, "assets_quickstart": 4001}
 JOBS = {
@@ -24,13 +24,6 @@ UNITS = ["postgresql.service", "dagster-webserver.service", "dagster-daemon.serv
 ]
 
 
-@pytest.fixture(scope="module")
-def web(host, tmp_path_factory):
-    server = platform_webserver(host, tmp_path_factory.mktemp("tls"))
-    server.wait_ready()
-    return server
-
-
 @pytest.mark.parametrize("unit", UNITS)
 def test_unit_active_and_enabled(host, unit):
     service = host.service(unit)
@@ -41,7 +34,7 @@ def test_unit_active_and_enabled(host, unit):
 def test_ports_bound_where_intended(host):
     listening = host.run("ss -Hltn").stdout
     address = host.ansible.get_variables()["ansible_host"]
-    assert re.search(rf"\s127\.0\.0\.1:5432\s", listening), "PostgreSQL must listen on loopback"
+    assert re.search(r"\s127\.0\.0\.1:5432\s", listening), "PostgreSQL must listen on loopback"
     assert not re.search(r"\s(0\.0\.0\.0|\*|\[::\]):5432\s", listening), "PostgreSQL must not listen on all addresses"
     assert re.search(r"\s127\.0\.0\.1:3000\s", listening), "webserver on loopback only"
     assert not re.search(rf"\s(0\.0\.0\.0|\*|\[::\]|{re.escape(address)}):3000\s", listening)

@@ -3,9 +3,8 @@
 import time
 from pathlib import Path
 
-import pytest
 import yaml
-from dagster_platform import PROJECT, platform_webserver, recap, record, run_site
+from dagster_platform import PROJECT, recap, record, run_site
 
 BASE = yaml.safe_load((PROJECT / "inventory/lab/group_vars/all/locations.yml").read_text())["dagster_locations"]
 NEW = {"name": "hello_two", "source": "code_locations/hello", "module": "hello.definitions", "port": 4002}
@@ -24,13 +23,6 @@ def converge_with(tmp_path: Path, locations: list[dict]):
     result = run_site("-e", f"@{extra}")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     return result, time.monotonic() - started
-
-
-@pytest.fixture(scope="module")
-def web(host, tmp_path_factory):
-    server = platform_webserver(host, tmp_path_factory.mktemp("tls"))
-    server.wait_ready()
-    return server
 
 
 def test_add_then_remove_a_location(host, web, tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import testinfra
 import yaml
-from dagster_platform import ARTIFACTS, LAB_SECRETS, PROJECT, platform_webserver, record, run_site
+from dagster_platform import ARTIFACTS, LAB_SECRETS, PROJECT, record, run_site
 
 # `host` is the control host; the others come from their groups.
 testinfra_hosts = ["ansible://dagster_control"]
@@ -65,13 +65,6 @@ def code2():
 @pytest.fixture(scope="module")
 def outsider():
     return hosts("outsiders")[0]
-
-
-@pytest.fixture(scope="module")
-def web(host, tmp_path_factory):
-    server = platform_webserver(host, tmp_path_factory.mktemp("tls"))
-    server.wait_ready()
-    return server
 
 
 def test_each_host_runs_its_units(host, db, code1, code2):
@@ -192,12 +185,13 @@ def main_pids(h, units):
 
 def test_adding_a_code_host_is_inventory_only(host, db, code1, code2, outsider, web, tmp_path):
     """Last: the outsider joins dagster_code with a location of its own; nothing else restarts."""
-    before = {
-        name(host): main_pids(host, ["dagster-webserver", "dagster-daemon", "nginx"]),
-        name(db): main_pids(db, ["postgresql@15-main"]),
-        name(code1): main_pids(code1, ["dagster-code@hello", "dagster-code@assets_quickstart"]),
-        name(code2): main_pids(code2, ["dagster-code@isolation_remote"]),
+    services = {
+        host: ["dagster-webserver", "dagster-daemon", "nginx"],
+        db: ["postgresql@15-main"],
+        code1: ["dagster-code@hello", "dagster-code@assets_quickstart"],
+        code2: ["dagster-code@isolation_remote"],
     }
+    before = {name(h): main_pids(h, units) for h, units in services.items()}
     joins = tmp_path / "code3.yml"
     joins.write_text(yaml.safe_dump({"dagster_code": {"hosts": {name(outsider): None}}}))
     locations = yaml.safe_load((PROJECT / "inventory/lab-multinode/group_vars/all/locations.yml").read_text())
@@ -213,10 +207,4 @@ def test_adding_a_code_host_is_inventory_only(host, db, code1, code2, outsider, 
     run_id = web.launch("isolation_code3", "isolation_job")
     assert web.wait_run(run_id) == "SUCCESS"
     assert materialized_by(web, run_id)["hostname"] == outsider.check_output("hostname")
-    after = {
-        name(host): main_pids(host, ["dagster-webserver", "dagster-daemon", "nginx"]),
-        name(db): main_pids(db, ["postgresql@15-main"]),
-        name(code1): main_pids(code1, ["dagster-code@hello", "dagster-code@assets_quickstart"]),
-        name(code2): main_pids(code2, ["dagster-code@isolation_remote"]),
-    }
-    assert after == before
+    assert {name(h): main_pids(h, units) for h, units in services.items()} == before

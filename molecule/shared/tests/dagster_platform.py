@@ -11,6 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).resolve().parents[3]))
 ARTIFACTS = PROJECT / "artifacts"
 
@@ -137,3 +139,11 @@ def record(name: str, value) -> None:
     data = json.loads(path.read_text()) if path.exists() else {}
     data[name] = value
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+@pytest.fixture(scope="module")
+def web(host, tmp_path_factory) -> Webserver:
+    """The control host's UI (the scenario's `host`), ready to answer."""
+    server = platform_webserver(host, tmp_path_factory.mktemp("tls"))
+    server.wait_ready()
+    return server

@@ -25,7 +25,7 @@ LOCATIONS := $(sort $(dir $(wildcard code_locations/*/pyproject.toml)))
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: help host-packages toolchain lab lab-down lint test-locations test-molecule test
+.PHONY: help host-packages toolchain lab lab-down lint test-locations locations-pytest test-molecule test
 
 help:
 	@echo "make lab            boot the local lab host and install the platform on it"
@@ -63,7 +63,11 @@ lint: toolchain
 	ansible-playbook -i inventory/lab site.yml --syntax-check
 	ansible-playbook -i inventory/lab-multinode site.yml --syntax-check
 
+# Each location's own tests, with a throwaway PostgreSQL for those that load data.
 test-locations: toolchain
+	files/test/warehouse-db.sh run $(MAKE) --no-print-directory locations-pytest
+
+locations-pytest:
 	@for dir in $(LOCATIONS); do \
 	  echo "== $$dir"; \
 	  (cd $$dir && uv run --frozen --quiet pytest -q -p no:cacheprovider \

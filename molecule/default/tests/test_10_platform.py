@@ -11,10 +11,11 @@ import pytest
 
 from dagster_platform import record
 
-GRPC = {"hello": 4000, "assets_quickstart": 4001}
+GRPC = {"hello": 4000, "assets_quickstart": 4001, "etl": 4002}
 JOBS = {
     "hello": "hello_job",
     "assets_quickstart": "orders_job",
+    "etl": "etl_job",
     "file_example": "file_job",
     "module_example": "module_job",
     "isolation": "isolation_job",
@@ -90,6 +91,16 @@ def test_every_location_loaded(web):
 def test_job_reaches_success(web, location):
     run_id = web.launch(location, JOBS[location])
     assert web.wait_run(run_id) == "SUCCESS", f"run {run_id} of {location}"
+
+
+def test_etl_loaded_the_warehouse(web, host):
+    assert web.wait_run(web.launch("etl", "etl_job")) == "SUCCESS"
+    count = host.check_output(
+        "runuser -u postgres -- psql -d warehouse -Atc 'SELECT count(*) FROM etl_daily_revenue'")
+    assert count == "11"
+    env = host.file("/etc/dagster/locations/etl.env")
+    assert "WAREHOUSE_URL=" in env.content_string and env.mode == 0o640
+    assert "WAREHOUSE_URL" not in host.file("/etc/dagster/locations/hello.env").content_string
 
 
 def test_isolation_asset_ran_in_its_own_venv(web, host):

@@ -72,7 +72,7 @@ def test_each_host_runs_its_units(host, db, code1, code2):
     for unit in ("dagster-webserver", "dagster-daemon", "nginx"):
         assert host.service(unit).is_running and host.service(unit).is_enabled, unit
     assert not host.file("/etc/systemd/system/dagster-code@hello.service.d").exists
-    for h, locations in ((code1, ["hello", "assets_quickstart"]), (code2, ["isolation_remote"])):
+    for h, locations in ((code1, ["hello", "assets_quickstart", "etl"]), (code2, ["isolation_remote"])):
         for location in locations:
             unit = h.service(f"dagster-code@{location}")
             assert unit.is_running and unit.is_enabled, (name(h), location)
@@ -83,7 +83,7 @@ def test_each_host_runs_its_units(host, db, code1, code2):
 
 
 def test_code_servers_bind_their_private_address(code1, code2):
-    for h, ports in ((code1, [4000, 4001]), (code2, [4000])):
+    for h, ports in ((code1, [4000, 4001, 4002]), (code2, [4000])):
         listening = h.check_output("ss -Hltn")
         for port in ports:
             # gRPC listens on an IPv6 socket: an IPv4 address shows as [::ffff:a.b.c.d].
@@ -120,14 +120,14 @@ def test_grpc_ports_admit_the_control_host_only(host, code1, code2, outsider):
 
 def test_every_location_loaded(web):
     entries = web.wait_loaded()
-    assert set(entries) == {"hello", "assets_quickstart", "isolation_remote", "file_example",
+    assert set(entries) == {"hello", "assets_quickstart", "etl", "isolation_remote", "file_example",
                             "module_example", "isolation"}
     for location, entry in entries.items():
         assert entry["locationOrLoadError"]["__typename"] == "RepositoryLocation", (location, entry)
 
 
 @pytest.mark.parametrize("location,job", [
-    ("hello", "hello_job"), ("assets_quickstart", "orders_job"), ("file_example", "file_job"),
+    ("hello", "hello_job"), ("assets_quickstart", "orders_job"), ("etl", "etl_job"), ("file_example", "file_job"),
     ("module_example", "module_job"), ("isolation", "isolation_job"),
 ])
 def test_job_reaches_success(web, location, job):
@@ -172,7 +172,7 @@ def test_ui_in_headless_chromium(web):
     texts = json.loads(result.stdout)
     for location in ("hello", "assets_quickstart", "isolation_remote", "file_example", "module_example"):
         assert location in texts["locations"], texts["locations"][:2000]
-    assert texts["locations"].count("Loaded") >= 6, texts["locations"][:2000]
+    assert texts["locations"].count("Loaded") >= 7, texts["locations"][:2000]
     assert "hello_job" in texts["runs"] and "Success" in texts["runs"], texts["runs"][:2000]
     for page in ("locations", "runs"):
         assert (ARTIFACTS / f"{page}.png").stat().st_size > 20_000
@@ -188,7 +188,7 @@ def test_adding_a_code_host_is_inventory_only(host, db, code1, code2, outsider, 
     services = {
         host: ["dagster-webserver", "dagster-daemon", "nginx"],
         db: ["postgresql@15-main"],
-        code1: ["dagster-code@hello", "dagster-code@assets_quickstart"],
+        code1: ["dagster-code@hello", "dagster-code@assets_quickstart", "dagster-code@etl"],
         code2: ["dagster-code@isolation_remote"],
     }
     before = {name(h): main_pids(h, units) for h, units in services.items()}

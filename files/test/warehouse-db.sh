@@ -9,7 +9,16 @@ PORT=${DAGSTER_TEST_WAREHOUSE_PORT:-55432}
 DIR=/var/tmp/dagster-test-warehouse
 
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  # Only the binaries: policy-rc.d keeps the package from starting a cluster of its own.
+  guard=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    guard=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' > $guard && chmod +x $guard
+    trap 'rm -f $guard' EXIT
+  fi
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  [ -z "$guard" ] || rm -f "$guard"
+  trap - EXIT
 fi
 BIN=$(dirname "$(ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")
 as_pg() { runuser -u postgres -- "$@"; }

@@ -48,7 +48,7 @@ toolchain: host-packages
 
 lab: toolchain
 	python3 files/lab/lab.py up $(LAB_HOSTS)
-	ansible-playbook -i $(LAB_INVENTORY) site.yml
+	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab.yml
 	@echo
 	@echo "Dagster UI: $(LAB_URL)  (self-signed certificate; user admin,"
 	@echo "            password: sudo cat /var/lib/dagster-lab/secrets/ui_password)"
@@ -60,7 +60,7 @@ lab-down:
 lint: toolchain
 	yamllint --strict .
 	ansible-lint
-	ansible-playbook -i inventory/lab site.yml --syntax-check
+	ansible-playbook -i inventory/lab playbooks/lab.yml --syntax-check
 	ansible-playbook -i inventory/lab-multinode site.yml --syntax-check
 
 # Each location's own tests, with a throwaway PostgreSQL for those that load data.

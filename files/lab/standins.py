@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import re
 import threading
 import time
@@ -209,7 +210,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--listen", default="127.0.0.1:8900", help="address:port (port 0 picks a free one)")
     parser.add_argument("--data-dir", type=Path, help="folder with yellow/ and green/ sample files")
-    parser.add_argument("--api-key", default="", help="the bearer token the OpenAI API accepts (any when empty)")
+    parser.add_argument("--api-key", default=os.environ.get("STANDINS_API_KEY", ""),
+                        help="the bearer token the OpenAI API accepts (any when empty; default $STANDINS_API_KEY)")
     parser.add_argument("--lifetime", type=float, default=0, help="exit after this many seconds (0: never)")
     parser.add_argument("--port-file", type=Path, help="write the bound port here once listening")
     args = parser.parse_args()

@@ -11,7 +11,10 @@ import pytest
 
 from dagster_platform import record
 
-GRPC = {"hello": 4000, "assets_quickstart": 4001, "etl": 4002}
+GRPC = {"hello": 4000, "assets_quickstart": 4001, "etl": 4002, "http_task": 4003, "nyc_taxi": 4004, "chat": 4005,
+        "platform_alerts": 4006}
+# A job per location that succeeds with no run config; nyc_taxi (partitioned) and
+# platform_alerts (its job fails on purpose) are run by test_40_pipelines.
 JOBS = {
     "hello": "hello_job",
     "assets_quickstart": "orders_job",
@@ -19,7 +22,10 @@ JOBS = {
     "file_example": "file_job",
     "module_example": "module_job",
     "isolation": "isolation_job",
+    "http_task": "http_job",
+    "chat": "chat_job",
 }
+LOCATIONS = sorted(set(JOBS) | set(GRPC))
 UNITS = ["postgresql.service", "dagster-webserver.service", "dagster-daemon.service"] + [
     f"dagster-code@{name}.service" for name in GRPC
 ]
@@ -81,7 +87,7 @@ def test_proxy_carries_the_graphql_websocket(web):
 
 def test_every_location_loaded(web):
     entries = web.wait_loaded()
-    assert set(entries) == set(JOBS)
+    assert set(entries) == set(LOCATIONS)
     for name, entry in entries.items():
         assert entry["loadStatus"] == "LOADED", name
         assert entry["locationOrLoadError"]["__typename"] == "RepositoryLocation", (name, entry)
@@ -159,7 +165,7 @@ def test_run_history_survives_restarts(web, host):
 
 
 def test_secrets_are_not_world_readable(host):
-    for path in ["/etc/dagster/dagster.env", *[f"/etc/dagster/locations/{n}.env" for n in JOBS]]:
+    for path in ["/etc/dagster/dagster.env", *[f"/etc/dagster/locations/{n}.env" for n in LOCATIONS]]:
         f = host.file(path)
         assert f.exists, path
         assert f.user == "root" and f.group == "dagster" and f.mode == 0o640, path

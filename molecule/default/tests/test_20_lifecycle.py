@@ -7,7 +7,7 @@ import yaml
 from dagster_platform import PROJECT, recap, record, run_site
 
 BASE = yaml.safe_load((PROJECT / "inventory/lab/group_vars/all/locations.yml").read_text())["dagster_locations"]
-NEW = {"name": "hello_two", "source": "code_locations/hello", "module": "hello.definitions", "port": 4003}
+NEW = {"name": "hello_two", "source": "code_locations/hello", "module": "hello.definitions", "port": 4011}
 KEEP = ["dagster-webserver.service", "dagster-daemon.service", "dagster-code@hello.service",
         "dagster-code@assets_quickstart.service"]
 

@@ -22,6 +22,8 @@ CASES = {
     "missing-source": ([dict(HELLO, source="code_locations/does_not_exist")], "does not exist on the controller"),
     "source-without-lock": ([dict(HELLO, source="files/lab")], "needs pyproject.toml and uv.lock"),
     "host-not-in-dagster_code": ([dict(HELLO, host="db1")], 'host "db1" is not in the dagster_code group'),
+    "env-placeholder": ([dict(HELLO, env={"OPENAI_API_KEY": "CHANGE-ME"})],
+                        'location "extra": env OPENAI_API_KEY is still the example placeholder CHANGE-ME'),
 }
 
 

@@ -26,6 +26,7 @@ mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { __typename
   ... on InvalidSubsetError { message } ... on RunConfigValidationInvalid { errors { message } } } }
 """
 RUN_STATUS = "query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status } } }"
+RUN_TIMES = "query($id: ID!) { runOrError(runId: $id) { ... on Run { status startTime endTime } } }"
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
 
 
@@ -81,9 +82,10 @@ class Webserver:
                 return entries
             time.sleep(1)
 
-    def launch(self, location: str, job: str) -> str:
+    def launch(self, location: str, job: str, run_config: dict | None = None, tags: dict | None = None) -> str:
         params = {"selector": {"repositoryLocationName": location, "repositoryName": "__repository__",
-                               "jobName": job}, "runConfigData": {}}
+                               "jobName": job}, "runConfigData": run_config or {},
+                  "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]}}
         result = self.gql(LAUNCH, {"p": params})["launchRun"]
         assert result["__typename"] == "LaunchRunSuccess", result
         return result["run"]["runId"]

@@ -15,10 +15,12 @@ ifeq ($(TOPOLOGY),multinode)
 LAB_INVENTORY := inventory/lab-multinode
 LAB_HOSTS := dg-db=10.77.0.31 dg-control=10.77.0.32 dg-code1=10.77.0.33 dg-code2=10.77.0.34
 LAB_URL := https://10.77.0.32
+LAB_STANDINS_URL :=
 else
 LAB_INVENTORY := inventory/lab
 LAB_HOSTS := dagster-lab=10.77.0.10
 LAB_URL := https://10.77.0.10
+LAB_STANDINS_URL := http://10.77.0.10:8900
 endif
 LOCATIONS := $(sort $(dir $(wildcard code_locations/*/pyproject.toml)))
 
@@ -52,6 +54,7 @@ lab: toolchain
 	@echo
 	@echo "Dagster UI: $(LAB_URL)  (self-signed certificate; user admin,"
 	@echo "            password: sudo cat /var/lib/dagster-lab/secrets/ui_password)"
+	@[ -z "$(LAB_STANDINS_URL)" ] || echo "Stand-ins for outside services: $(LAB_STANDINS_URL)  (alerts received: $(LAB_STANDINS_URL)/alerts/received)"
 	@echo "Inside a host: python3 files/lab/lab.py shell $(firstword $(subst =, ,$(lastword $(LAB_HOSTS)))) -- systemctl status 'dagster-*'"
 
 lab-down:

@@ -186,8 +186,10 @@ def load_month(schema: TripSchema, month: str, path: str, chunk_rows: int, conn,
         cur.execute(f"DROP TABLE IF EXISTS {staging}")
         # Text columns: PostgreSQL does the typing in the merge, one place for bad values.
         cur.execute(f"CREATE UNLOGGED TABLE {staging} ({', '.join(f'{c} text' for c in staged_columns)})")
+        # index_col=False: the mirror's files end data rows with a comma (one field more
+        # than the header), which would otherwise turn the first column into the index.
         reader = pd.read_csv(path, chunksize=chunk_rows, dtype=str, keep_default_na=False, na_values=[""],
-                             compression="infer")
+                             compression="infer", index_col=False)
         for number, chunk in enumerate(reader, start=1):
             missing = sorted(set(wanted) - set(chunk.columns))
             if missing:

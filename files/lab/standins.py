@@ -112,17 +112,18 @@ class Handler(BaseHTTPRequestHandler):
         match = re.fullmatch(r"/nyc-tlc/(yellow|green)/((?:yellow|green)_tripdata_\d{4}-\d{2}\.csv\.gz)", path)
         if match:
             return self.send_data_file(Path(match[1]) / match[2])
-        if path == "/v1/models" and self.authorized():
-            return self.reply(HTTPStatus.OK, {"object": "list", "data": [
-                {"id": "lab-standin", "object": "model", "created": 0, "owned_by": "lab"}]})
+        if path == "/v1/models":
+            if self.authorized():
+                self.reply(HTTPStatus.OK, {"object": "list", "data": [
+                    {"id": "lab-standin", "object": "model", "created": 0, "owned_by": "lab"}]})
+            return None
         if path == "/alerts/received":
             with self.state.lock:
                 return self.reply(HTTPStatus.OK, self.state.received)
         if path == "/v1/_requests":
             with self.state.lock:
                 return self.reply(HTTPStatus.OK, self.state.chat_requests)
-        if path != "/v1/models":
-            self.reply(HTTPStatus.NOT_FOUND, {"error": f"no stand-in at {path}"})
+        return self.reply(HTTPStatus.NOT_FOUND, {"error": f"no stand-in at {path}"})
 
     def send_data_file(self, relative: Path):
         source = self.state.data_dir / relative if self.state.data_dir else None

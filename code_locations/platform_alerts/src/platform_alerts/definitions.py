@@ -93,7 +93,7 @@ class AlertChannels(dg.ConfigurableResource):
                 problem = f"HTTP {error.code} {error.reason}"
                 if error.code < 500 and error.code != 429:
                     break
-            except (urllib.error.URLError, TimeoutError, OSError) as error:
+            except OSError as error:  # URLError, timeouts, refused connections
                 problem = type(getattr(error, "reason", error)).__name__
             if attempt < self.attempts:
                 time.sleep(2 ** (attempt - 1))

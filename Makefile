@@ -5,12 +5,16 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 UV_VERSION := 0.13.9
-HOST_PACKAGES := debootstrap systemd-container nftables rsync openssh-client iproute2 python3
+# Debian's python3 has no pip and is externally managed (PEP 668): uv goes into a
+# private venv (python3-venv brings ensurepip), never into the system Python.
+HOST_PACKAGES := debootstrap systemd-container nftables rsync openssh-client iproute2 python3 python3-venv
 # The multinode scenario looks at the UI in a real browser (playwright-core from npm
 # drives Debian's Chromium; nothing downloads a browser of its own).
 TEST_PACKAGES := chromium
 # make lab TOPOLOGY=multinode: database, control and two code hosts on four hosts.
 TOPOLOGY ?= single
+# make lab RELEASE=bookworm: the lab's hosts run Debian 12 instead of 13 (trixie).
+RELEASE ?= trixie
 ifeq ($(TOPOLOGY),multinode)
 LAB_INVENTORY := inventory/lab-multinode
 LAB_HOSTS := dg-db=10.77.0.31 dg-control=10.77.0.32 dg-code1=10.77.0.33 dg-code2=10.77.0.34
@@ -24,14 +28,23 @@ LAB_STANDINS_URL := http://10.77.0.10:8900
 endif
 LOCATIONS := $(sort $(dir $(wildcard code_locations/*/pyproject.toml)))
 
-export PATH := $(CURDIR)/.venv/bin:$(PATH)
+BOOTSTRAP := $(CURDIR)/.cache/bootstrap
+UV := $(BOOTSTRAP)/bin/uv
+export PATH := $(CURDIR)/.venv/bin:$(BOOTSTRAP)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+# The system CA store (where a TLS-inspecting proxy's CA is installed) for pip and uv;
+# the system's Python only: uv must not fetch interpreters of its own.
+export PIP_CERT ?= /etc/ssl/certs/ca-certificates.crt
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export UV_SYSTEM_CERTS ?= 1
+export UV_PYTHON_DOWNLOADS := never
 
 .PHONY: help host-packages toolchain lab lab-down lint test-locations locations-pytest test-molecule test
 
 help:
 	@echo "make lab            boot the local lab host and install the platform on it"
-	@echo "                    (TOPOLOGY=multinode: db, control and two code hosts)"
+	@echo "                    (TOPOLOGY=multinode: db, control and two code hosts;"
+	@echo "                    RELEASE=bookworm: Debian 12 hosts instead of 13)"
 	@echo "make lab-down       remove every lab host, mount, bridge and nft table"
 	@echo "make test           lint, the code locations' tests, the molecule scenarios"
 
@@ -42,14 +55,16 @@ host-packages:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-# uv from the package index, then the locked controller toolchain in .venv.
+# uv from the package index into a private venv, then the locked controller
+# toolchain in .venv, on the system's python3 (3.11 on Debian 12, 3.13 on 13).
 toolchain: host-packages
-	@command -v uv >/dev/null && uv --version | grep -q " $(UV_VERSION)" \
-	  || python3 -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
-	uv sync --frozen --quiet
+	@[ -x $(UV) ] && $(UV) --version | grep -q " $(UV_VERSION)" \
+	  || { /usr/bin/env -u VIRTUAL_ENV python3 -m venv --clear $(BOOTSTRAP) \
+	       && $(BOOTSTRAP)/bin/pip install --quiet "uv==$(UV_VERSION)"; }
+	$(UV) sync --frozen --quiet
 
 lab: toolchain
-	python3 files/lab/lab.py up $(LAB_HOSTS)
+	python3 files/lab/lab.py up $(addsuffix @$(RELEASE),$(LAB_HOSTS))
 	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab.yml
 	@echo
 	@echo "Dagster UI: $(LAB_URL)  (self-signed certificate; user admin,"

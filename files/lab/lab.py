@@ -1,18 +1,20 @@
 #!/usr/bin/env python3
-"""Throwaway Debian 12 hosts with systemd as PID 1, booted with systemd-nspawn.
+"""Throwaway Debian 12 or 13 hosts with systemd as PID 1, booted with systemd-nspawn.
 
 The project's molecule scenarios and its local lab run on these hosts. Each host is an
 overlayfs over one cached debootstrap tree, on a private bridge with NAT, reached by
 Ansible over plain ssh exactly as a VM would be.
 
-  lab.py up NAME=IP [NAME=IP ...] [--fresh]   boot hosts (reuse running ones unless --fresh)
+  lab.py up NAME=IP[@RELEASE] ... [--fresh]   boot hosts (reuse running ones unless --fresh);
+                                              RELEASE is bookworm (Debian 12) or trixie (13),
+                                              default $DAGSTER_LAB_RELEASE or bookworm
   lab.py down [NAME ...]                      stop hosts (all when none named); the bridge,
                                               nft table and ip_forward go with the last host
   lab.py status                               list hosts
   lab.py shell NAME -- CMD...                 run a command inside a host (nsenter)
 
-Everything lives under /var/lib/dagster-lab (hosts, ssh key, generated secrets) and the
-rootfs cache under $DAGSTER_LAB_CACHE (default /var/cache/dagster-lab). Runs that were killed
+Everything lives under /var/lib/dagster-lab (hosts, ssh key, generated secrets) and one
+rootfs per release under $DAGSTER_LAB_CACHE (default /var/cache/dagster-lab), built once. Runs that were killed
 half-way are tolerated: `up` and `down` clean whatever a previous run left behind.
 """
 
@@ -35,14 +37,14 @@ CACHE = Path(os.environ.get("DAGSTER_LAB_CACHE", "/var/cache/dagster-lab"))
 BRIDGE = os.environ.get("DAGSTER_LAB_BRIDGE", "dglab0")
 NETWORK = ipaddress.ip_network(os.environ.get("DAGSTER_LAB_NETWORK", "10.77.0.0/24"))
 NFT_TABLE = "dagster_lab"
-SUITE = "bookworm"
+RELEASES = {"bookworm": "12", "trixie": "13"}
+DEFAULT_RELEASE = os.environ.get("DAGSTER_LAB_RELEASE", "bookworm")
 PACKAGES = (
     "systemd,systemd-sysv,dbus,openssh-server,python3,python3-apt,sudo,iproute2,"
     "ca-certificates,locales,udev,kmod,procps,less,curl,gnupg,libnss-myhostname,rsync"
 )
 BOOT_TIMEOUT = 60
 
-ROOTFS = CACHE / SUITE
 HOSTS = STATE / "hosts"
 KEY = STATE / "ssh" / "id_ed25519"
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
@@ -83,22 +85,27 @@ def apt_mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
-def ensure_rootfs() -> None:
-    if (ROOTFS / "etc" / "os-release").exists() and (CACHE / f"{SUITE}.ok").exists():
+def rootfs(release: str) -> Path:
+    return CACHE / release
+
+
+def ensure_rootfs(release: str) -> None:
+    root, done = rootfs(release), CACHE / f"{release}.ok"
+    if (root / "etc" / "os-release").exists() and done.exists():
         return
     CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = CACHE / f"{SUITE}.tmp"
+    tmp = CACHE / f"{release}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(ROOTFS, ignore_errors=True)
+    shutil.rmtree(root, ignore_errors=True)
     mirror = apt_mirror()
-    log(f"building the {SUITE} root filesystem from {mirror} (once, ~2 min)")
+    log(f"building the {release} root filesystem from {mirror} (once per release, ~2 min)")
     started = time.monotonic()
-    run("debootstrap", "--variant=minbase", f"--include={PACKAGES}", SUITE, str(tmp), mirror,
+    run("debootstrap", "--variant=minbase", f"--include={PACKAGES}", release, str(tmp), mirror,
         stdout=subprocess.DEVNULL)
     configure_rootfs(tmp)
-    tmp.rename(ROOTFS)
-    (CACHE / f"{SUITE}.ok").write_text(f"{mirror}\n")
-    log(f"root filesystem ready in {time.monotonic() - started:.0f}s")
+    tmp.rename(root)
+    done.write_text(f"{mirror}\n")
+    log(f"{release} root filesystem ready in {time.monotonic() - started:.0f}s")
 
 
 def configure_rootfs(tmp: Path) -> None:
@@ -178,6 +185,13 @@ def host_dir(name: str) -> Path:
     return HOSTS / name
 
 
+def host_file(name: str, key: str) -> str:
+    try:
+        return (host_dir(name) / key).read_text()
+    except OSError:
+        return ""
+
+
 def nspawn_pid(name: str) -> int | None:
     pidfile = host_dir(name) / "nspawn.pid"
     try:
@@ -234,14 +248,15 @@ def write_host_config(root: Path, name: str, ip: str) -> None:
     os.chmod(ssh / "authorized_keys", 0o600)
 
 
-def start_host(name: str, ip: str) -> subprocess.Popen:
+def start_host(name: str, ip: str, release: str) -> subprocess.Popen:
     d = host_dir(name)
     for sub in ("upper", "work", "root"):
         (d / sub).mkdir(parents=True, exist_ok=True)
     run("mount", "-t", "overlay", "overlay", "-o",
-        f"lowerdir={ROOTFS},upperdir={d / 'upper'},workdir={d / 'work'}", str(d / "root"))
+        f"lowerdir={rootfs(release)},upperdir={d / 'upper'},workdir={d / 'work'}", str(d / "root"))
     write_host_config(d / "root", name, ip)
     (d / "ip").write_text(ip)
+    (d / "release").write_text(release)
     console = open(d / "console.log", "w")
     proc = subprocess.Popen(
         ["systemd-nspawn", "--boot", f"--directory={d / 'root'}", f"--machine={name}",
@@ -289,25 +304,30 @@ def sweep_dead_hosts() -> None:
 def cmd_up(args) -> None:
     wanted = []
     for spec in args.hosts:
-        name, _, ip = spec.partition("=")
+        name, _, address = spec.partition("=")
+        ip, _, release = address.partition("@")
+        release = release or DEFAULT_RELEASE
+        if release not in RELEASES:
+            raise SystemExit(f"lab: release {release!r} is unknown: use one of {', '.join(RELEASES)}")
         if ipaddress.ip_address(ip) not in NETWORK or ip == gateway():
             raise SystemExit(f"lab: {ip} is not a host address of {NETWORK}")
-        wanted.append((name, ip))
+        wanted.append((name, ip, release))
     sweep_dead_hosts()
-    ensure_rootfs()
+    for release in sorted({release for _, _, release in wanted}):
+        ensure_rootfs(release)
     ensure_key()
     ensure_network()
     started = time.monotonic()
     booting = {}
-    for name, ip in wanted:
+    for name, ip, release in wanted:
         if nspawn_pid(name) is not None and not args.fresh:
-            if (host_dir(name) / "ip").read_text() == ip:
-                log(f"{name} already running at {ip}")
+            if host_file(name, "ip") == ip and host_file(name, "release") == release:
+                log(f"{name} already running at {ip} ({release})")
                 booting[name] = None
                 continue
         stop_host(name)  # clears a stale or killed host of that name
-        booting[name] = start_host(name, ip)
-    for name, ip in wanted:
+        booting[name] = start_host(name, ip, release)
+    for name, ip, _ in wanted:
         wait_ssh(name, ip, booting[name])
     log(f"{len(wanted)} host(s) answering ssh after {time.monotonic() - started:.1f}s")
 
@@ -325,7 +345,7 @@ def cmd_down(args) -> None:
 
 def cmd_status(_args) -> None:
     for name in running_hosts():
-        print(f"{name}\t{(host_dir(name) / 'ip').read_text()}\tinit pid {init_pid(name)}")
+        print(f"{name}\t{host_file(name, 'ip')}\t{host_file(name, 'release') or 'bookworm'}\tinit pid {init_pid(name)}")
 
 
 def cmd_shell(args) -> None:

@@ -14,7 +14,7 @@ SNAPSHOT = (
 
 CASES = {
     "duplicate-name": ([dict(HELLO, name="hello")], 'location name "hello" is used by more than one entry'),
-    "port-taken": ([dict(HELLO, port=4000)], 'port 4000 on dagster-aio is already used by location "hello"'),
+    "port-taken": ([dict(HELLO, port=4000)], 'port 4000 on {host} is already used by location "hello"'),
     "port-of-webserver": ([dict(HELLO, port=3000)], "clashes with the webserver"),
     "port-of-postgresql": ([dict(HELLO, port=5432)], "clashes with PostgreSQL"),
     "bad-name": ([dict(HELLO, name="Extra-Location")], "the name must match ^[a-z][a-z0-9_]*$"),
@@ -35,7 +35,7 @@ def test_bad_location_fails_before_any_change(host, tmp_path, case):
     before = host.check_output(SNAPSHOT)
     result = run_site("-e", f"@{extra}")
     assert result.returncode != 0
-    assert message in result.stdout, result.stdout[-3000:]
+    assert message.format(host=host.backend.get_hostname()) in result.stdout, result.stdout[-3000:]
     assert "changed=0" in result.stdout.split("PLAY RECAP")[-1]
     assert host.check_output(SNAPSHOT) == before
 
@@ -46,3 +46,24 @@ def test_empty_db_password_fails_before_any_change(host):
     assert result.returncode != 0
     assert "dagster_db_password is empty" in result.stdout, result.stdout[-3000:]
     assert host.check_output(SNAPSHOT) == before
+
+
+def test_an_unknown_release_fails_before_any_change(host):
+    """A host whose release has no vars file (here: one that says it is Debian 11)."""
+    saved = "/root/release-files.orig"
+    host.check_output(f"mkdir -p {saved} && cp -a /etc/debian_version /usr/lib/os-release {saved}/")
+    try:
+        host.check_output(
+            "echo 11.11 > /etc/debian_version && "
+            "sed -i -e 's/^VERSION_ID=.*/VERSION_ID=\"11\"/' -e 's/^VERSION_CODENAME=.*/VERSION_CODENAME=bullseye/' "
+            "/usr/lib/os-release"
+        )
+        before = host.check_output(SNAPSHOT)
+        result = run_site()
+        assert result.returncode != 0
+        assert "runs Debian 11.11, which this platform does not support: use Debian 12, Debian 13, Ubuntu 24." \
+            in result.stdout, result.stdout[-3000:]
+        assert "changed=0" in result.stdout.split("PLAY RECAP")[-1]
+        assert host.check_output(SNAPSHOT) == before
+    finally:
+        host.check_output(f"cp -a {saved}/debian_version /etc/ && cp -a {saved}/os-release /usr/lib/ && rm -r {saved}")

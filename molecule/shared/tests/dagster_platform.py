@@ -135,7 +135,11 @@ def recap(output: str) -> dict[str, dict[str, int]]:
 
 
 def record(name: str, value) -> None:
-    """Keep a measurement for the issue note (artifacts/measurements.json)."""
+    """Keep a measurement for the issue note (artifacts/measurements.json); a scenario
+    that reuses another's tests keeps its figures under its own prefix."""
+    scenario = os.environ.get("MOLECULE_SCENARIO_NAME", "default")
+    if scenario not in ("default", "multinode"):
+        name = f"{scenario}.{name}"
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / "measurements.json"
     data = json.loads(path.read_text()) if path.exists() else {}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Run the README's set-up as a new user would, on a pristine Debian machine: a fresh
+# debootstrap tree of RELEASE (nothing added but the network's CA certificates), entered
+# with chroot as root with an empty environment, cloning this repository's committed HEAD.
+# Unlike the `pristine` molecule scenario (toolchain and lint inside lab hosts), it can run
+# `make lab` and `make test` themselves, since nspawn works from a chroot.
+#
+#   files/lab/pristine-chroot.sh RELEASE 'make lab && make lab-down'
+#
+# The tree lives in /var/tmp/pristine-RELEASE and is removed at the end.
+set -euo pipefail
+release=${1:?release: bookworm or trixie}
+commands=${2:?commands to run in the clone}
+repo=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
+root=/var/tmp/pristine-$release
+mirror=$(python3 -c 'import sys; sys.path.insert(0, sys.argv[1]); import lab; print(lab.apt_mirror())' "$repo/files/lab")
+
+cleanup() {
+  for m in "$root/srv/origin" "$root/run" "$root/dev" "$root/sys" "$root/proc"; do
+    mountpoint -q "$m" && umount -R --lazy "$m"
+  done
+  rm -rf "$root"
+}
+trap cleanup EXIT
+cleanup
+
+debootstrap --variant=minbase "$release" "$root" "$mirror" >/dev/null
+cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/" 2>/dev/null || true
+chroot "$root" update-ca-certificates >/dev/null
+cp /etc/resolv.conf "$root/etc/resolv.conf"
+mount -t proc proc "$root/proc"
+mount --rbind /sys "$root/sys"
+mount --rbind /dev "$root/dev"
+mount -t tmpfs tmpfs "$root/run"
+mkdir -p "$root/srv/origin"
+mount --bind -o ro "$repo" "$root/srv/origin"
+
+env -i HOME=/root TERM=dumb PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+  chroot "$root" /bin/bash -euo pipefail -c "
+    cd /root
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq git make >/dev/null
+    git config --global --add safe.directory /srv/origin
+    git clone -q /srv/origin dagster-ansible && cd dagster-ansible
+    $commands"

@@ -92,10 +92,25 @@ locations-pytest:
 	    && uv run --frozen --quiet dagster definitions validate 2>&1 | tail -1); \
 	done
 
+# Two lanes side by side (2 cores: much of a scenario is waiting on its hosts), each
+# scenario's log in artifacts/; a failed lane prints the end of its log.
+MOLECULE_LANES := default,multinode pristine,trixie
 test-molecule: toolchain
 	$(MAKE) host-packages EXTRA_PACKAGES="$(TEST_PACKAGES)"
 	command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
 	npm ci --prefix molecule/multinode/browser --no-audit --no-fund --silent
-	molecule test --all
+	mkdir -p artifacts
+	@pids=(); for lane in $(MOLECULE_LANES); do \
+	  ( for scenario in $${lane//,/ }; do \
+	      echo "molecule: $$scenario started"; started=$$SECONDS; \
+	      if molecule test -s $$scenario >artifacts/molecule-$$scenario.log 2>&1; then \
+	        echo "molecule: $$scenario passed in $$((SECONDS - started)) s"; \
+	      else \
+	        echo "molecule: $$scenario FAILED after $$((SECONDS - started)) s; the end of artifacts/molecule-$$scenario.log:"; \
+	        tail -n 150 artifacts/molecule-$$scenario.log; exit 1; \
+	      fi; \
+	    done ) & pids+=($$!); \
+	done; \
+	status=0; for pid in "$${pids[@]}"; do wait $$pid || status=1; done; exit $$status
 
 test: lint test-locations test-molecule

@@ -21,6 +21,8 @@ half-way are tolerated: `up` and `down` clean whatever a previous run left behin
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import ipaddress
 import os
 import shutil
@@ -301,6 +303,16 @@ def sweep_dead_hosts() -> None:
                 log(f"{path.name}: removed what a stopped run left behind")
 
 
+@contextlib.contextmanager
+def locked():
+    """One `up` or `down` at a time: scenarios may run side by side, and one's last
+    `down` must not remove the bridge while another's hosts are starting."""
+    STATE.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(STATE / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def cmd_up(args) -> None:
     wanted = []
     for spec in args.hosts:
@@ -373,7 +385,11 @@ def main() -> None:
     shell.add_argument("command", nargs="+")
     shell.set_defaults(func=cmd_shell)
     args = parser.parse_args()
-    args.func(args)
+    if args.cmd in ("up", "down"):
+        with locked():
+            args.func(args)
+    else:
+        args.func(args)
 
 
 if __name__ == "__main__":

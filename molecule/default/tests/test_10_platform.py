@@ -164,13 +164,28 @@ def test_run_history_survives_restarts(web, host):
     assert before <= after
 
 
+def release_of(host) -> str:
+    return host.file("/etc/debian_version").content_string.split(".")[0]
+
+
+PG_VERSION = {"12": "15", "13": "17"}
+
+
+def test_postgresql_is_the_release_s_own(host):
+    version = host.check_output("runuser -u postgres -- psql -XAtc 'SHOW server_version_num'")
+    assert version[:2] == PG_VERSION[release_of(host)], version
+
+
 def test_secrets_are_not_world_readable(host):
     for path in ["/etc/dagster/dagster.env", *[f"/etc/dagster/locations/{n}.env" for n in LOCATIONS]]:
         f = host.file(path)
         assert f.exists, path
         assert f.user == "root" and f.group == "dagster" and f.mode == 0o640, path
     assert host.file("/etc/dagster").mode == 0o750
-    hba = host.file("/etc/postgresql/15/main/pg_hba.conf").content_string
+    # The file the running server reads, whatever the release's PostgreSQL version.
+    hba_file = host.check_output("runuser -u postgres -- psql -XAtc 'SHOW hba_file'")
+    assert hba_file == f"/etc/postgresql/{PG_VERSION[release_of(host)]}/main/pg_hba.conf"
+    hba = host.file(hba_file).content_string
     assert "scram-sha-256" in hba and " trust" not in hba and " md5" not in hba
     assert re.search(r"host\s+all\s+all\s+0\.0\.0\.0/0\s+reject", hba)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import ssl
@@ -142,9 +143,11 @@ def record(name: str, value) -> None:
         name = f"{scenario}.{name}"
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / "measurements.json"
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data[name] = value
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    with open(ARTIFACTS / ".measurements.lock", "w") as lock:  # scenarios run side by side
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = json.loads(path.read_text()) if path.exists() else {}
+        data[name] = value
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 @pytest.fixture(scope="module")

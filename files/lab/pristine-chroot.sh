@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Run the README's set-up as a new user would, on a pristine Debian machine: a fresh
-# debootstrap tree of RELEASE (nothing added but the network's CA certificates), entered
+# debootstrap tree of RELEASE (minbase with ca-certificates, as any installed Debian has it,
+# plus the network's CA certificates, as a machine behind a TLS-inspecting proxy has), entered
 # with chroot as root with an empty environment, cloning this repository's committed HEAD.
 # Unlike the `pristine` molecule scenario (toolchain and lint inside lab hosts), it can run
 # `make lab` and `make test` themselves, since nspawn works from a chroot.
 #
 #   files/lab/pristine-chroot.sh RELEASE 'make lab && make lab-down'
 #
-# The tree lives in /var/tmp/pristine-RELEASE and is removed at the end.
+# The tree lives in /var/tmp/pristine-RELEASE and is removed at the end; the clone's
+# artifacts/ (test results, measurements) are kept in artifacts/pristine-RELEASE/ here.
 set -euo pipefail
 release=${1:?release: bookworm or trixie}
 commands=${2:?commands to run in the clone}
@@ -16,6 +18,11 @@ root=/var/tmp/pristine-$release
 mirror=$(python3 -c 'import sys; sys.path.insert(0, sys.argv[1]); import lab; print(lab.apt_mirror())' "$repo/files/lab")
 
 cleanup() {
+  if [ -d "$root/root/dagster-ansible/artifacts" ]; then
+    rm -rf "$repo/artifacts/pristine-$release"
+    mkdir -p "$repo/artifacts"
+    cp -r "$root/root/dagster-ansible/artifacts" "$repo/artifacts/pristine-$release"
+  fi
   for m in "$root/srv/origin" "$root/run" "$root/dev" "$root/sys" "$root/proc"; do
     mountpoint -q "$m" && umount -R --lazy "$m"
   done
@@ -24,7 +31,7 @@ cleanup() {
 trap cleanup EXIT
 cleanup
 
-debootstrap --variant=minbase "$release" "$root" "$mirror" >/dev/null
+debootstrap --variant=minbase --include=ca-certificates "$release" "$root" "$mirror" >/dev/null
 cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/" 2>/dev/null || true
 chroot "$root" update-ca-certificates >/dev/null
 cp /etc/resolv.conf "$root/etc/resolv.conf"

@@ -78,6 +78,7 @@ lab-down:
 lint: toolchain
 	yamllint --strict .
 	ansible-lint
+	python3 files/test/check-locks.py
 	ansible-playbook -i inventory/lab playbooks/lab.yml --syntax-check
 	ansible-playbook -i inventory/lab-multinode site.yml --syntax-check
 

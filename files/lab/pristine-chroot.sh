@@ -18,14 +18,16 @@ root=/var/tmp/pristine-$release
 mirror=$(python3 -c 'import sys; sys.path.insert(0, sys.argv[1]); import lab; print(lab.apt_mirror())' "$repo/files/lab")
 
 cleanup() {
+  # The lab's hosts, bridge and nft table, should the commands have stopped half-way.
+  if [ -x "$root/usr/bin/python3" ] && [ -f "$root/root/dagster-ansible/files/lab/lab.py" ]; then
+    chroot "$root" python3 /root/dagster-ansible/files/lab/lab.py down >/dev/null 2>&1 || true
+  fi
   if [ -d "$root/root/dagster-ansible/artifacts" ]; then
     rm -rf "$repo/artifacts/pristine-$release"
     mkdir -p "$repo/artifacts"
     cp -r "$root/root/dagster-ansible/artifacts" "$repo/artifacts/pristine-$release"
   fi
-  for m in "$root/srv/origin" "$root/run" "$root/dev" "$root/sys" "$root/proc"; do
-    mountpoint -q "$m" && umount -R --lazy "$m"
-  done
+  findmnt -rno TARGET | grep "^$root/" | sort -r | xargs -r -n1 umount --lazy
   rm -rf "$root"
 }
 trap cleanup EXIT

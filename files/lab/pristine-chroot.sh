@@ -27,12 +27,15 @@ cleanup() {
     mkdir -p "$repo/artifacts"
     cp -r "$root/root/dagster-ansible/artifacts" "$repo/artifacts/pristine-$release"
   fi
-  findmnt -rno TARGET | grep "^$root/" | sort -r | xargs -r -n1 umount --lazy
+  { findmnt -rno TARGET | grep -x "$root\(/.*\)\?" || true; } | sort -r | xargs -r -n1 umount --lazy
   rm -rf "$root"
 }
 trap cleanup EXIT
 cleanup
 
+mkdir -p "$root"
+# The tree must be a mount point of its own: nspawn inside it remounts / as a slave.
+mount --bind "$root" "$root"
 debootstrap --variant=minbase --include=ca-certificates "$release" "$root" "$mirror" >/dev/null
 cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/" 2>/dev/null || true
 chroot "$root" update-ca-certificates >/dev/null

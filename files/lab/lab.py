@@ -7,7 +7,7 @@ Ansible over plain ssh exactly as a VM would be.
 
   lab.py up NAME=IP[@RELEASE] ... [--fresh]   boot hosts (reuse running ones unless --fresh);
                                               RELEASE is bookworm (Debian 12) or trixie (13),
-                                              default $DAGSTER_LAB_RELEASE or bookworm
+                                              default $DAGSTER_LAB_RELEASE or trixie
   lab.py down [NAME ...]                      stop hosts (all when none named); the bridge,
                                               nft table and ip_forward go with the last host
   lab.py status                               list hosts
@@ -39,8 +39,8 @@ CACHE = Path(os.environ.get("DAGSTER_LAB_CACHE", "/var/cache/dagster-lab"))
 BRIDGE = os.environ.get("DAGSTER_LAB_BRIDGE", "dglab0")
 NETWORK = ipaddress.ip_network(os.environ.get("DAGSTER_LAB_NETWORK", "10.77.0.0/24"))
 NFT_TABLE = "dagster_lab"
-RELEASES = {"bookworm": "12", "trixie": "13"}
-DEFAULT_RELEASE = os.environ.get("DAGSTER_LAB_RELEASE", "bookworm")
+RELEASES = ("bookworm", "trixie")  # Debian 12, Debian 13
+DEFAULT_RELEASE = os.environ.get("DAGSTER_LAB_RELEASE", "trixie")
 PACKAGES = (
     "systemd,systemd-sysv,dbus,openssh-server,python3,python3-apt,sudo,iproute2,"
     "ca-certificates,locales,udev,kmod,procps,less,curl,gnupg,libnss-myhostname,rsync"

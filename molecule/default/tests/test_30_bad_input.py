@@ -22,6 +22,8 @@ CASES = {
     "missing-source": ([dict(HELLO, source="code_locations/does_not_exist")], "does not exist on the controller"),
     "source-without-lock": ([dict(HELLO, source="files/lab")], "needs pyproject.toml and uv.lock"),
     "host-not-in-dagster_code": ([dict(HELLO, host="db1")], 'host "db1" is not in the dagster_code group'),
+    "dagster-previous-minor": ([dict(HELLO, source="molecule/default/fixtures/dagster_previous_minor")],
+                               'location "extra": its uv.lock pins dagster 1.12.22 but the control plane runs 1.13.27'),
     "env-placeholder": ([dict(HELLO, env={"OPENAI_API_KEY": "CHANGE-ME"})],
                         'location "extra": env OPENAI_API_KEY is still the example placeholder CHANGE-ME'),
 }

@@ -39,7 +39,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export UV_SYSTEM_CERTS ?= 1
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: help host-packages toolchain lab lab-down lint test-locations locations-pytest test-molecule test
+.PHONY: help host-packages toolchain lab lab-down lint test-locations locations-pytest test-molecule test bench
 
 help:
 	@echo "make lab            boot the local lab host and install the platform on it"
@@ -47,6 +47,8 @@ help:
 	@echo "                    RELEASE=bookworm: Debian 12 hosts instead of 13)"
 	@echo "make lab-down       remove every lab host, mount, bridge and nft table"
 	@echo "make test           lint, the code locations' tests, the molecule scenarios"
+	@echo "make bench          the deploy loop's costs on a lab host of its own, against their"
+	@echo "                    targets (history: files/bench/history.jsonl)"
 
 host-packages:
 	@missing=$$(for p in $(HOST_PACKAGES) $(EXTRA_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -102,16 +104,21 @@ test-molecule: toolchain
 	npm ci --prefix molecule/multinode/browser --no-audit --no-fund --silent
 	mkdir -p artifacts
 	@pids=(); for lane in $(MOLECULE_LANES); do \
-	  ( for scenario in $${lane//,/ }; do \
+	  ( failed=0; for scenario in $${lane//,/ }; do \
 	      echo "molecule: $$scenario started"; started=$$SECONDS; \
 	      if molecule test -s $$scenario >artifacts/molecule-$$scenario.log 2>&1; then \
 	        echo "molecule: $$scenario passed in $$((SECONDS - started)) s"; \
 	      else \
-	        echo "molecule: $$scenario FAILED after $$((SECONDS - started)) s; the end of artifacts/molecule-$$scenario.log:"; \
-	        tail -n 150 artifacts/molecule-$$scenario.log; exit 1; \
+	        echo "molecule: $$scenario FAILED after $$((SECONDS - started)) s; its summary and the end of artifacts/molecule-$$scenario.log:"; \
+	        grep -E '^(FAILED|ERROR) |^E   .*(Error|assert)' artifacts/molecule-$$scenario.log | head -n 40; \
+	        tail -n 150 artifacts/molecule-$$scenario.log; failed=1; \
 	      fi; \
-	    done ) & pids+=($$!); \
+	    done; exit $$failed ) & pids+=($$!); \
 	done; \
 	status=0; for pid in "$${pids[@]}"; do wait $$pid || status=1; done; exit $$status
 
 test: lint test-locations test-molecule
+
+# The deploy loop measured on a lab host of its own (not part of `make test`).
+bench: toolchain
+	python3 files/bench/bench.py

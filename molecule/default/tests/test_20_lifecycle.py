@@ -1,15 +1,19 @@
 """Adding a location is one inventory entry and a re-run; state: absent removes it."""
 
+import shutil
 import time
+import uuid
 from pathlib import Path
 
 import yaml
-from dagster_platform import PROJECT, recap, record, run_site
+from dagster_platform import FINISHED, PROJECT, RUN_STATUS, recap, record, run_site
 
 BASE = yaml.safe_load((PROJECT / "inventory/lab/group_vars/all/locations.yml").read_text())["dagster_locations"]
 NEW = {"name": "hello_two", "source": "code_locations/hello", "module": "hello.definitions", "port": 4011}
-KEEP = ["dagster-webserver.service", "dagster-daemon.service", "dagster-code@hello.service",
-        "dagster-code@assets_quickstart.service"]
+# The daemon is not among them: a changed workspace restarts it (it reads the file only
+# at start and every 60 s).
+KEEP = ["dagster-webserver.service", "dagster-code@hello.service", "dagster-code@assets_quickstart.service"]
+DAEMON = "dagster-daemon.service"
 
 
 def main_pids(host) -> dict[str, str]:
@@ -25,21 +29,53 @@ def converge_with(tmp_path: Path, locations: list[dict]):
     return result, time.monotonic() - started
 
 
+def main_pids_all(host) -> dict[str, str]:
+    """MainPID of every dagster-* unit, from one systemctl call."""
+    out = host.check_output("systemctl show -p Id,MainPID 'dagster-*.service'")
+    blocks = (dict(line.split("=", 1) for line in block.splitlines() if "=" in line) for block in out.split("\n\n"))
+    return {b["Id"]: b["MainPID"] for b in blocks if b.get("Id")}
+
+
+def main_pid(host, unit: str) -> str:
+    return host.check_output(f"systemctl show -P MainPID {unit}")
+
+
+def wait_status(web, run_id: str, wanted: str, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while (status := web.gql(RUN_STATUS, {"id": run_id})["runOrError"]["status"]) != wanted:
+        if status in FINISHED or time.monotonic() > deadline:
+            return status
+        time.sleep(0.5)
+    return status
+
+
 def test_add_then_remove_a_location(host, web, tmp_path):
     pids = main_pids(host)
     assert all(pid != "0" for pid in pids.values())
+    # A run of an in-process location in flight across the daemon restarts: it waits for
+    # a gate file that appears only after both converges.
+    gate = f"/var/lib/dagster/gate-{uuid.uuid4().hex}"
+    in_flight = web.launch("file_example", "file_job",
+                           run_config={"ops": {"count_words": {"config": {"wait_for_file": gate}}}})
+    assert wait_status(web, in_flight, "STARTED") == "STARTED"
+    daemon = main_pid(host, DAEMON)
 
+    added_at = time.monotonic()
     result, seconds = converge_with(tmp_path, BASE + [NEW])
-    record("add_location_converge_seconds", round(seconds, 1))
     unit = host.service("dagster-code@hello_two.service")
     assert unit.is_running and unit.is_enabled
     assert host.file("/opt/dagster/locations/hello_two/venv/bin/dagster").exists
     assert "hello_two" in host.file("/etc/dagster/workspace.yaml").content_string
     assert main_pids(host) == pids, "adding a location restarted something else"
+    assert main_pid(host, DAEMON) != daemon, "the daemon did not restart to read the new workspace"
+    daemon = main_pid(host, DAEMON)
     entries = web.wait_loaded()
     assert entries["hello_two"]["loadStatus"] == "LOADED"
     assert entries["hello_two"]["locationOrLoadError"]["__typename"] == "RepositoryLocation"
+    # Launched at once, without waiting for the daemon's own 60 s workspace refresh.
     assert web.wait_run(web.launch("hello_two", "hello_job")) == "SUCCESS"
+    record("add_location_converge_seconds", round(seconds, 1))
+    record("add_location_until_run_success_seconds", round(time.monotonic() - added_at, 1))
 
     result, seconds = converge_with(tmp_path, BASE + [dict(NEW, state="absent")])
     record("remove_location_converge_seconds", round(seconds, 1))
@@ -51,8 +87,58 @@ def test_add_then_remove_a_location(host, web, tmp_path):
     assert "hello_two" not in host.file("/etc/dagster/workspace.yaml").content_string
     assert "hello_two" not in web.wait_loaded()
     assert main_pids(host) == pids, "removing a location restarted something else"
+    assert main_pid(host, DAEMON) != daemon, "the daemon did not restart to read the new workspace"
+
+    # The in-process run survived both daemon restarts and finishes once released.
+    assert web.gql(RUN_STATUS, {"id": in_flight})["runOrError"]["status"] == "STARTED"
+    host.check_output(f"touch {gate}")
+    assert web.wait_run(in_flight) == "SUCCESS"
+    host.check_output(f"rm -f {gate}")
 
     # Back to the scenario's own inventory: nothing is left to change.
     result = run_site()
     assert result.returncode == 0, result.stdout[-4000:]
     assert all(counters["changed"] == 0 for counters in recap(result.stdout).values()), result.stdout[-4000:]
+
+
+JOB_DESCRIPTION = """
+query($p: PipelineSelector!) { pipelineOrError(params: $p) { __typename ... on Pipeline { description } } }
+"""
+
+
+def hello_description(web) -> str:
+    selector = {"repositoryLocationName": "hello", "repositoryName": "__repository__", "pipelineName": "hello_job"}
+    return web.gql(JOB_DESCRIPTION, {"p": selector})["pipelineOrError"]["description"]
+
+
+def test_a_change_stopped_after_the_copy_is_finished_by_the_next_run(host, web, tmp_path):
+    source = tmp_path / "hello"
+    shutil.copytree(PROJECT / "code_locations" / "hello", source,
+                    ignore=shutil.ignore_patterns(".venv", "__pycache__", ".pytest_cache"))
+    locations = [dict(loc, source=str(source)) if loc["name"] == "hello" else loc for loc in BASE]
+    # The same code from another folder: nothing to do.
+    result, _ = converge_with(tmp_path, locations)
+    assert all(counters["changed"] == 0 for counters in recap(result.stdout).values()), result.stdout[-4000:]
+    units = main_pids_all(host)
+
+    marker = f"Say hello, shout it, report it ({uuid.uuid4().hex[:8]})."
+    definitions = source / "src" / "hello" / "definitions.py"
+    definitions.write_text(definitions.read_text().replace("Say hello, shout it, report it.", marker))
+    # A run that stops after the install stage: code copied and venv built, nothing restarted.
+    extra = tmp_path / "locations.yml"
+    result = run_site("-e", f"@{extra}", "--tags", "install")
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert marker in host.file("/opt/dagster/locations/hello/project/src/hello/definitions.py").content_string
+    assert main_pids_all(host) == units
+    assert hello_description(web) != marker
+
+    # The next run sees nothing new on disk, yet restarts hello: its record is still the old code.
+    result, _ = converge_with(tmp_path, locations)
+    after = main_pids_all(host)
+    assert sorted(unit for unit in units if after[unit] != units[unit]) == ["dagster-code@hello.service"]
+    web.wait_loaded()
+    assert hello_description(web) == marker
+
+    # Back to the scenario's own code (hello restarts once more).
+    converge_with(tmp_path, BASE)
+    assert hello_description(web) == "Say hello, shout it, report it."

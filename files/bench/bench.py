@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""The deploy loop, measured: what a user pays for each re-run of site.yml.
+
+Boots its own all-in-one lab host (the lab inventory's settings and locations), installs
+the platform, then measures, each against its target:
+  noop_10          a re-run that changes nothing, 10 locations (changed=0 checked)
+  code_change      a code change of one grpc_server location (only its server restarts)
+  add_location     from playbook start until a run of the new location, launched over
+                   GraphQL, succeeds
+  remove_location  a run that removes that location
+  noop_30          a re-run that changes nothing, 30 locations
+  marginal         (noop_30 - noop_10) / 20: what one more location adds to a no-op run
+Prints the table beside the previous result and appends the figures to
+files/bench/history.jsonl (kept in git, so a regression shows). Results of this run
+also go to artifacts/bench.json. Run as root: `make bench`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+PROJECT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(PROJECT / "molecule" / "shared" / "tests"))
+from dagster_platform import LAB_SECRETS, Webserver, recap  # noqa: E402
+
+HOST, ADDRESS = "dagster-bench", "10.77.0.60"
+RELEASE = os.environ.get("DAGSTER_LAB_RELEASE", "trixie")
+HISTORY = PROJECT / "files" / "bench" / "history.jsonl"
+LAB = [sys.executable, str(PROJECT / "files" / "lab" / "lab.py")]
+TARGETS = {  # seconds, from the deploy-loop issue
+    "noop_10": 20.0,
+    "code_change": 20.0,
+    "add_location": 30.0,
+    "remove_location": 20.0,
+    "marginal": 0.5,
+}
+BASE = yaml.safe_load((PROJECT / "inventory/lab/group_vars/all/locations.yml").read_text())["dagster_locations"]
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+class Bench:
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.inventory = workdir / "inventory"
+        self.inventory.mkdir()
+        (self.inventory / "group_vars").symlink_to(PROJECT / "inventory" / "lab" / "group_vars")
+        groups = ["dagster_db", "dagster_control", "dagster_code", "lab_standins"]
+        (self.inventory / "hosts.yml").write_text(yaml.safe_dump({"all": {
+            "hosts": {HOST: {"ansible_host": ADDRESS}},
+            "children": {g: {"hosts": {HOST: None}} for g in groups}}}))
+        # hello's code comes from a copy, so that the benchmark can change it.
+        self.hello = workdir / "hello"
+        shutil.copytree(PROJECT / "code_locations" / "hello", self.hello,
+                        ignore=shutil.ignore_patterns(".venv", "__pycache__", ".pytest_cache"))
+        self.locations = [dict(loc, source=str(self.hello)) if loc["name"] == "hello" else loc for loc in BASE]
+
+    def playbook(self, playbook: str, locations: list[dict]) -> tuple[float, dict]:
+        extra = self.workdir / "locations.yml"
+        extra.write_text(yaml.safe_dump({"dagster_locations": locations}))
+        env = dict(os.environ, ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+        started = time.monotonic()
+        result = subprocess.run(["ansible-playbook", "-i", str(self.inventory), str(PROJECT / playbook),
+                                 "-e", f"@{extra}"], cwd=PROJECT, env=env, text=True, capture_output=True)
+        seconds = time.monotonic() - started
+        if result.returncode != 0:
+            raise SystemExit(f"bench: {playbook} failed:\n{result.stdout[-4000:]}{result.stderr[-2000:]}")
+        return seconds, recap(result.stdout)[HOST]
+
+    def site(self, locations: list[dict]) -> tuple[float, dict]:
+        return self.playbook("site.yml", locations)
+
+    def shell(self, command: str) -> str:
+        return subprocess.run([*LAB, "shell", HOST, "--", "sh", "-c", command],
+                              check=True, text=True, capture_output=True).stdout.strip()
+
+    def main_pids(self) -> dict[str, str]:
+        out = self.shell("systemctl show -p Id,MainPID 'dagster-*.service'")
+        pids = {}
+        for block in out.split("\n\n"):
+            fields = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+            if fields.get("Id"):
+                pids[fields["Id"]] = fields["MainPID"]
+        return pids
+
+    def webserver(self) -> Webserver:
+        cafile = self.workdir / "tls.crt"
+        cafile.write_text(self.shell("cat /etc/nginx/dagster/tls.crt"))
+        password = (LAB_SECRETS / "ui_password").read_text().strip()
+        web = Webserver(f"https://{ADDRESS}", "admin", password, str(cafile))
+        web.wait_ready()
+        return web
+
+
+def extra_hello(index: int, port: int, source: Path) -> dict:
+    return {"name": f"bench_{index:02d}", "source": str(source), "module": "hello.definitions", "port": port}
+
+
+def measure(bench: Bench) -> dict:
+    figures: dict[str, float] = {}
+    seconds, _ = bench.playbook("playbooks/lab.yml", bench.locations)
+    figures["first_install"] = round(seconds, 1)
+    log(f"installed in {seconds:.0f}s")
+
+    bench.site(bench.locations)  # settles anything the first run left to do
+    seconds, counters = bench.site(bench.locations)
+    assert counters["changed"] == 0, counters
+    figures["noop_10"] = round(seconds, 1)
+    log(f"no-op with 10 locations: {seconds:.1f}s")
+
+    before = bench.main_pids()
+    definitions = bench.hello / "src" / "hello" / "definitions.py"
+    definitions.write_text(definitions.read_text() + f"\n# bench {time.time()}\n")
+    seconds, counters = bench.site(bench.locations)
+    after = bench.main_pids()
+    restarted = sorted(unit for unit in before if after.get(unit) != before[unit])
+    assert restarted == ["dagster-code@hello.service"], restarted
+    figures["code_change"] = round(seconds, 1)
+    log(f"code change of hello: {seconds:.1f}s, restarted {restarted}")
+
+    web = bench.webserver()
+    new = extra_hello(0, 4050, bench.hello)
+    started = time.monotonic()
+    bench.site(bench.locations + [new])
+    status = web.wait_run(web.launch(new["name"], "hello_job"))
+    assert status == "SUCCESS", status
+    figures["add_location"] = round(time.monotonic() - started, 1)
+    log(f"add a location until its run succeeded: {figures['add_location']}s")
+
+    seconds, _ = bench.site(bench.locations + [dict(new, state="absent")])
+    figures["remove_location"] = round(seconds, 1)
+    log(f"remove a location: {seconds:.1f}s")
+
+    thirty = bench.locations + [extra_hello(i, 4100 + i, bench.hello) for i in range(1, 21)]
+    seconds, _ = bench.site(thirty)
+    figures["add_20_locations"] = round(seconds, 1)
+    log(f"added 20 locations in {seconds:.0f}s")
+    seconds, counters = bench.site(thirty)
+    assert counters["changed"] == 0, counters
+    figures["noop_30"] = round(seconds, 1)
+    figures["marginal"] = round((figures["noop_30"] - figures["noop_10"]) / 20, 2)
+    log(f"no-op with 30 locations: {seconds:.1f}s")
+    return figures
+
+
+def report(figures: dict) -> None:
+    history = [json.loads(line) for line in HISTORY.read_text().splitlines()] if HISTORY.exists() else []
+    previous = history[-1]["figures"] if history else {}
+    print(f"\n{'figure':<18}{'target':>9}{'now':>9}{'previous':>10}")
+    for name, value in figures.items():
+        target = TARGETS.get(name)
+        mark = "" if target is None else ("  ok" if value <= target else "  MISSED")
+        print(f"{name:<18}{'' if target is None else f'<= {target:g}':>9}{value:>9g}"
+              f"{previous.get(name, ''):>10}{mark}")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT, text=True,
+                            capture_output=True).stdout.strip()
+    entry = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": commit, "release": RELEASE,
+             "cpus": os.cpu_count(), "machine": platform.machine(), "figures": figures}
+    with HISTORY.open("a") as f:
+        f.write(json.dumps(entry, sort_keys=True) + "\n")
+    (PROJECT / "artifacts").mkdir(exist_ok=True)
+    (PROJECT / "artifacts" / "bench.json").write_text(json.dumps(entry, indent=2, sort_keys=True) + "\n")
+
+
+def main() -> None:
+    if os.geteuid() != 0:
+        raise SystemExit("bench: run as root (it boots a lab host)")
+    subprocess.run([*LAB, "up", "--fresh", f"{HOST}={ADDRESS}@{RELEASE}"], check=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="dagster-bench-") as workdir:
+            figures = measure(Bench(Path(workdir)))
+    finally:
+        subprocess.run([*LAB, "down", HOST], check=False)
+    report(figures)
+
+
+if __name__ == "__main__":
+    main()

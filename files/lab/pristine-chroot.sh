@@ -30,19 +30,26 @@ cleanup() {
   { findmnt -rno TARGET | grep -x "$root\(/.*\)\?" || true; } | sort -r | xargs -r -n1 umount --lazy
   rm -rf "$root"
 }
+# The chroot shares this machine's network: its lab would take the same bridge.
+if ip link show "${DAGSTER_LAB_BRIDGE:-dglab0}" >/dev/null 2>&1; then
+  echo "pristine-chroot: a lab is up on this machine (bridge ${DAGSTER_LAB_BRIDGE:-dglab0}): make lab-down first" >&2
+  exit 1
+fi
 trap cleanup EXIT
 cleanup
 
 mkdir -p "$root"
 # The tree must be a mount point of its own: nspawn inside it remounts / as a slave.
 mount --bind "$root" "$root"
+mount --make-private "$root"
 debootstrap --variant=minbase --include=ca-certificates "$release" "$root" "$mirror" >/dev/null
 cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/" 2>/dev/null || true
 chroot "$root" update-ca-certificates >/dev/null
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 mount -t proc proc "$root/proc"
-mount --rbind /sys "$root/sys"
-mount --rbind /dev "$root/dev"
+# Slaves: what happens under them (nspawn's mounts, the final unmount) stays there.
+mount --rbind /sys "$root/sys" && mount --make-rslave "$root/sys"
+mount --rbind /dev "$root/dev" && mount --make-rslave "$root/dev"
 mount -t tmpfs tmpfs "$root/run"
 mkdir -p "$root/srv/origin"
 mount --bind -o ro "$repo" "$root/srv/origin"

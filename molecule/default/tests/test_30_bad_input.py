@@ -9,6 +9,7 @@ HELLO = {"name": "extra", "source": "code_locations/hello", "module": "hello.def
 # Files and folders the platform owns; runtime data under /var/lib/dagster is left out.
 SNAPSHOT = (
     "find /etc/dagster /opt/dagster /etc/systemd/system /etc/postgresql /usr/local/share/ca-certificates "
+    "/etc/ansible/facts.d "
     "-printf '%p %s %m %u %T@\\n' | sort | sha256sum"
 )
 

@@ -19,13 +19,16 @@ def digest(folder: str, dir_patterns: list[str], file_patterns: list[str]) -> st
     h = hashlib.sha256()
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not any(fnmatch.fnmatch(d, p) for p in dir_patterns))
-        for name in sorted(files):
-            if any(fnmatch.fnmatch(name, p) for p in file_patterns):
+        # rsync copies a link to a folder as a link: digest it as one, do not descend.
+        links = [d for d in dirs if os.path.islink(os.path.join(root, d))]
+        dirs[:] = [d for d in dirs if d not in links]
+        for name in sorted(files + links):
+            if name not in links and any(fnmatch.fnmatch(name, p) for p in file_patterns):
                 continue
             path = os.path.join(root, name)
-            h.update(os.path.relpath(path, folder).encode() + b"\0")
+            h.update(os.fsencode(os.path.relpath(path, folder)) + b"\0")
             if os.path.islink(path):
-                h.update(b"link:" + os.readlink(path).encode())
+                h.update(b"link:" + os.fsencode(os.readlink(path)))
             else:
                 with open(path, "rb") as f:
                     for block in iter(lambda: f.read(1 << 20), b""):

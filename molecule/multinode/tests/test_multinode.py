@@ -184,14 +184,16 @@ def main_pids(h, units):
 
 
 def test_adding_a_code_host_is_inventory_only(host, db, code1, code2, outsider, web, tmp_path):
-    """Last: the outsider joins dagster_code with a location of its own; nothing else restarts."""
+    """Last: the outsider joins dagster_code with a location of its own; nothing else restarts
+    but the daemon, which a changed workspace restarts so that it knows the new location."""
     services = {
-        host: ["dagster-webserver", "dagster-daemon", "nginx"],
+        host: ["dagster-webserver", "nginx"],
         db: ["postgresql@15-main"],
         code1: ["dagster-code@hello", "dagster-code@assets_quickstart", "dagster-code@etl"],
         code2: ["dagster-code@isolation_remote"],
     }
     before = {name(h): main_pids(h, units) for h, units in services.items()}
+    daemon = main_pids(host, ["dagster-daemon"])
     joins = tmp_path / "code3.yml"
     joins.write_text(yaml.safe_dump({"dagster_code": {"hosts": {name(outsider): None}}}))
     locations = yaml.safe_load((PROJECT / "inventory/lab-multinode/group_vars/all/locations.yml").read_text())
@@ -208,3 +210,4 @@ def test_adding_a_code_host_is_inventory_only(host, db, code1, code2, outsider, 
     assert web.wait_run(run_id) == "SUCCESS"
     assert materialized_by(web, run_id)["hostname"] == outsider.check_output("hostname")
     assert {name(h): main_pids(h, units) for h, units in services.items()} == before
+    assert main_pids(host, ["dagster-daemon"]) != daemon

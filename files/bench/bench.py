@@ -31,7 +31,7 @@ import yaml
 
 PROJECT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT / "molecule" / "shared" / "tests"))
-from dagster_platform import LAB_SECRETS, Webserver, recap  # noqa: E402
+from dagster_platform import LAB_SECRETS, MAIN_PIDS_COMMAND, Webserver, recap, unit_main_pids  # noqa: E402
 
 HOST, ADDRESS = "dagster-bench", "10.77.0.60"
 RELEASE = os.environ.get("DAGSTER_LAB_RELEASE", "trixie")
@@ -87,13 +87,7 @@ class Bench:
                               check=True, text=True, capture_output=True).stdout.strip()
 
     def main_pids(self) -> dict[str, str]:
-        out = self.shell("systemctl show -p Id,MainPID 'dagster-*.service'")
-        pids = {}
-        for block in out.split("\n\n"):
-            fields = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
-            if fields.get("Id"):
-                pids[fields["Id"]] = fields["MainPID"]
-        return pids
+        return unit_main_pids(self.shell(MAIN_PIDS_COMMAND))
 
     def webserver(self) -> Webserver:
         cafile = self.workdir / "tls.crt"

@@ -6,7 +6,8 @@ import uuid
 from pathlib import Path
 
 import yaml
-from dagster_platform import FINISHED, PROJECT, RUN_STATUS, recap, record, run_site
+from dagster_platform import (FINISHED, MAIN_PIDS_COMMAND, PROJECT, RUN_STATUS, recap, record, run_site,
+                              unit_main_pids)
 
 BASE = yaml.safe_load((PROJECT / "inventory/lab/group_vars/all/locations.yml").read_text())["dagster_locations"]
 NEW = {"name": "hello_two", "source": "code_locations/hello", "module": "hello.definitions", "port": 4011}
@@ -30,10 +31,7 @@ def converge_with(tmp_path: Path, locations: list[dict]):
 
 
 def main_pids_all(host) -> dict[str, str]:
-    """MainPID of every dagster-* unit, from one systemctl call."""
-    out = host.check_output("systemctl show -p Id,MainPID 'dagster-*.service'")
-    blocks = (dict(line.split("=", 1) for line in block.splitlines() if "=" in line) for block in out.split("\n\n"))
-    return {b["Id"]: b["MainPID"] for b in blocks if b.get("Id")}
+    return unit_main_pids(host.check_output(MAIN_PIDS_COMMAND))
 
 
 def main_pid(host, unit: str) -> str:

@@ -123,6 +123,17 @@ def run_site(*extra_args: str) -> subprocess.CompletedProcess:
     )
 
 
+# MainPID of every dagster-* unit in one call; parsed by unit_main_pids().
+MAIN_PIDS_COMMAND = "systemctl show -p Id,MainPID 'dagster-*.service'"
+
+
+def unit_main_pids(output: str) -> dict[str, str]:
+    """Unit -> MainPID from the output of MAIN_PIDS_COMMAND."""
+    blocks = (dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+              for block in output.split("\n\n"))
+    return {b["Id"]: b["MainPID"] for b in blocks if b.get("Id")}
+
+
 def recap(output: str) -> dict[str, dict[str, int]]:
     """PLAY RECAP counters per host."""
     hosts = {}

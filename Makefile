@@ -97,25 +97,29 @@ locations-pytest:
 
 # Two lanes side by side (2 cores: much of a scenario is waiting on its hosts), each
 # scenario's log in artifacts/; a failed lane prints the end of its log.
-MOLECULE_LANES := default,multinode pristine,trixie
+MOLECULE_LANES := default,pristine trixie,multinode
 test-molecule: toolchain
 	$(MAKE) host-packages EXTRA_PACKAGES="$(TEST_PACKAGES)"
 	command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
 	npm ci --prefix molecule/multinode/browser --no-audit --no-fund --silent
-	mkdir -p artifacts
+	mkdir -p artifacts && rm -f artifacts/molecule-failed
 	@pids=(); for lane in $(MOLECULE_LANES); do \
 	  ( failed=0; for scenario in $${lane//,/ }; do \
 	      echo "molecule: $$scenario started"; started=$$SECONDS; \
 	      if molecule test -s $$scenario >artifacts/molecule-$$scenario.log 2>&1; then \
 	        echo "molecule: $$scenario passed in $$((SECONDS - started)) s"; \
 	      else \
-	        echo "molecule: $$scenario FAILED after $$((SECONDS - started)) s; its summary and the end of artifacts/molecule-$$scenario.log:"; \
-	        grep -E '^(FAILED|ERROR) |^E   .*(Error|assert)' artifacts/molecule-$$scenario.log | head -n 40; \
-	        tail -n 150 artifacts/molecule-$$scenario.log; failed=1; \
+	        echo "molecule: $$scenario FAILED after $$((SECONDS - started)) s; the end of artifacts/molecule-$$scenario.log:"; \
+	        tail -n 150 artifacts/molecule-$$scenario.log; echo $$scenario >>artifacts/molecule-failed; failed=1; \
 	      fi; \
 	    done; exit $$failed ) & pids+=($$!); \
 	done; \
-	status=0; for pid in "$${pids[@]}"; do wait $$pid || status=1; done; exit $$status
+	status=0; for pid in "$${pids[@]}"; do wait $$pid || status=1; done; \
+	if [ $$status -ne 0 ]; then echo "molecule: what failed, last (CI keeps the end of the output):"; \
+	  for scenario in $$(cat artifacts/molecule-failed); do \
+	    sed 's/\x1b\[[0-9;]*m//g' artifacts/molecule-$$scenario.log | grep -E '^(FAILED|ERROR) |^E   .*(Error|assert)|fatal: \[|^ *│ *(fatal|failed): ' \
+	      | cut -c1-300 | head -n 12 | sed "s|^|$$scenario: |"; \
+	  done; fi; exit $$status
 
 test: lint test-locations test-molecule
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The deploy loop, measured: what a user pays for each re-run of site.yml.
 
-Boots its own all-in-one lab host (the lab inventory's settings and locations), installs
-the platform, then measures, each against its target:
+Boots its own all-in-one lab host (the lab inventory's settings and locations), measures
+`--check --diff` on it while fresh (check_fresh), installs the platform (first_install),
+then measures, each against its target:
   noop_10          a re-run that changes nothing, 10 locations (changed=0 checked)
   code_change      a code change of one grpc_server location (only its server restarts)
   add_location     from playbook start until a run of the new location, launched over
@@ -12,7 +13,8 @@ the platform, then measures, each against its target:
   marginal         (noop_30 - noop_10) / 20: what one more location adds to a no-op run
 Prints the table beside the previous result and appends the figures to
 files/bench/history.jsonl (kept in git, so a regression shows). Results of this run
-also go to artifacts/bench.json. Run as root: `make bench`.
+also go to artifacts/bench.json, and the slowest tasks of each measured run (profile_tasks)
+to artifacts/bench-profile-<figure>.txt. Run as root: `make bench`.
 """
 
 from __future__ import annotations
@@ -67,20 +69,28 @@ class Bench:
                         ignore=shutil.ignore_patterns(".venv", "__pycache__", ".pytest_cache"))
         self.locations = [dict(loc, source=str(self.hello)) if loc["name"] == "hello" else loc for loc in BASE]
 
-    def playbook(self, playbook: str, locations: list[dict]) -> tuple[float, dict]:
+    def playbook(self, playbook: str, locations: list[dict], *args: str) -> tuple[float, dict]:
         extra = self.workdir / "locations.yml"
         extra.write_text(yaml.safe_dump({"dagster_locations": locations}))
-        env = dict(os.environ, ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+        env = dict(os.environ, ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+                   ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks", PROFILE_TASKS_TASK_OUTPUT_LIMIT="30")
         started = time.monotonic()
         result = subprocess.run(["ansible-playbook", "-i", str(self.inventory), str(PROJECT / playbook),
-                                 "-e", f"@{extra}"], cwd=PROJECT, env=env, text=True, capture_output=True)
+                                 "-e", f"@{extra}", *args], cwd=PROJECT, env=env, text=True, capture_output=True)
         seconds = time.monotonic() - started
         if result.returncode != 0:
             raise SystemExit(f"bench: {playbook} failed:\n{result.stdout[-4000:]}{result.stderr[-2000:]}")
+        self.last_output = result.stdout
         return seconds, recap(result.stdout)[HOST]
 
-    def site(self, locations: list[dict]) -> tuple[float, dict]:
-        return self.playbook("site.yml", locations)
+    def keep_profile(self, figure: str) -> None:
+        """The slowest tasks of the last run (profile_tasks), for where the time goes."""
+        (PROJECT / "artifacts").mkdir(exist_ok=True)
+        (PROJECT / "artifacts" / f"bench-profile-{figure}.txt").write_text(
+            self.last_output[self.last_output.rindex("PLAY RECAP"):])
+
+    def site(self, locations: list[dict], *args: str) -> tuple[float, dict]:
+        return self.playbook("site.yml", locations, *args)
 
     def shell(self, command: str) -> str:
         return subprocess.run([*LAB, "shell", HOST, "--", "sh", "-c", command],
@@ -104,6 +114,10 @@ def extra_hello(index: int, port: int, source: Path) -> dict:
 
 def measure(bench: Bench) -> dict:
     figures: dict[str, float] = {}
+    seconds, counters = bench.site(bench.locations, "--check", "--diff")
+    assert counters["changed"] > 0 and bench.shell("ls /opt") == "", "--check changed the fresh host"
+    figures["check_fresh"] = round(seconds, 1)
+    log(f"--check --diff on the fresh host: {seconds:.1f}s")
     seconds, _ = bench.playbook("playbooks/lab.yml", bench.locations)
     figures["first_install"] = round(seconds, 1)
     log(f"installed in {seconds:.0f}s")
@@ -112,6 +126,7 @@ def measure(bench: Bench) -> dict:
     seconds, counters = bench.site(bench.locations)
     assert counters["changed"] == 0, counters
     figures["noop_10"] = round(seconds, 1)
+    bench.keep_profile("noop_10")
     log(f"no-op with 10 locations: {seconds:.1f}s")
 
     before = bench.main_pids()
@@ -122,6 +137,7 @@ def measure(bench: Bench) -> dict:
     restarted = sorted(unit for unit in before if after.get(unit) != before[unit])
     assert restarted == ["dagster-code@hello.service"], restarted
     figures["code_change"] = round(seconds, 1)
+    bench.keep_profile("code_change")
     log(f"code change of hello: {seconds:.1f}s, restarted {restarted}")
 
     web = bench.webserver()
@@ -131,10 +147,12 @@ def measure(bench: Bench) -> dict:
     status = web.wait_run(web.launch(new["name"], "hello_job"))
     assert status == "SUCCESS", status
     figures["add_location"] = round(time.monotonic() - started, 1)
+    bench.keep_profile("add_location")
     log(f"add a location until its run succeeded: {figures['add_location']}s")
 
     seconds, _ = bench.site(bench.locations + [dict(new, state="absent")])
     figures["remove_location"] = round(seconds, 1)
+    bench.keep_profile("remove_location")
     log(f"remove a location: {seconds:.1f}s")
 
     thirty = bench.locations + [extra_hello(i, 4100 + i, bench.hello) for i in range(1, 21)]
@@ -144,6 +162,7 @@ def measure(bench: Bench) -> dict:
     seconds, counters = bench.site(thirty)
     assert counters["changed"] == 0, counters
     figures["noop_30"] = round(seconds, 1)
+    bench.keep_profile("noop_30")
     figures["marginal"] = round((figures["noop_30"] - figures["noop_10"]) / 20, 2)
     log(f"no-op with 30 locations: {seconds:.1f}s")
     return figures
@@ -160,6 +179,9 @@ def report(figures: dict) -> None:
               f"{previous.get(name, ''):>10}{mark}")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT, text=True,
                             capture_output=True).stdout.strip()
+    if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT, text=True,
+                      capture_output=True).stdout.strip():
+        commit += "-dirty"  # measured with changes not committed yet
     entry = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": commit, "release": RELEASE,
              "cpus": os.cpu_count(), "machine": platform.machine(), "figures": figures}
     with HISTORY.open("a") as f:

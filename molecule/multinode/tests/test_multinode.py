@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import testinfra
 import yaml
-from dagster_platform import ARTIFACTS, LAB_SECRETS, PROJECT, record, run_site
+from dagster_platform import ARTIFACTS, LAB_SECRETS, PROJECT, recap, record, run_site
 
 # `host` is the control host; the others come from their groups.
 testinfra_hosts = ["ansible://dagster_control"]
@@ -202,6 +202,15 @@ def test_adding_a_code_host_is_inventory_only(host, db, code1, code2, outsider, 
                                            "port": 4000})
     extra = tmp_path / "locations.yml"
     extra.write_text(yaml.safe_dump(locations))
+    # First a dry run limited to the fresh host: it says what it would do, and does none of it.
+    result = run_site("-i", str(joins), "-e", f"@{extra}", "--limit", name(outsider), "--check", "--diff")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert recap(result.stdout)[name(outsider)]["changed"] > 0
+    assert "path: /etc/systemd/system/dagster-code@isolation_code3.service.d" in result.stdout
+    for path in ["/opt/dagster", "/etc/dagster", "/etc/systemd/system/dagster-code@.service"]:
+        assert not outsider.file(path).exists, f"--check wrote {path}"
+    assert not outsider.user("dagster").exists
+
     result = run_site("-i", str(joins), "-e", f"@{extra}")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 

@@ -139,8 +139,8 @@ def recap(output: str) -> dict[str, dict[str, int]]:
     hosts = {}
     lines = output.splitlines()
     for line in lines[next(i for i, l in enumerate(lines) if l.startswith("PLAY RECAP")) + 1:]:
-        if ":" not in line:
-            continue
+        if not line.strip():
+            break  # the recap ends at a blank line (profile_tasks' timings may follow)
         name, _, counters = line.partition(":")
         hosts[name.strip()] = {k: int(v) for k, v in (pair.split("=") for pair in counters.split())}
     return hosts

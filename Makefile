@@ -97,7 +97,7 @@ locations-pytest:
 
 # Two lanes side by side (2 cores: much of a scenario is waiting on its hosts), each
 # scenario's log in artifacts/; a failed lane prints the end of its log.
-MOLECULE_LANES := default,pristine trixie,multinode
+MOLECULE_LANES := default,pristine bookworm,multinode
 test-molecule: toolchain
 	$(MAKE) host-packages EXTRA_PACKAGES="$(TEST_PACKAGES)"
 	command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null

@@ -4,6 +4,7 @@ import base64
 import http.client
 import os
 import re
+import time
 import urllib.error
 import urllib.request
 
@@ -147,6 +148,47 @@ def test_hello_schedule_is_running(web):
     schedule = data["scheduleOrError"]
     assert schedule["cronSchedule"] == "0 10 * * *"
     assert schedule["scheduleState"]["status"] == "RUNNING"
+
+
+def test_postgresql_comes_back_after_a_crash(web, host):
+    cluster = f"{PG_VERSION[release_of(host)]} main"
+    unit = f"postgresql@{cluster.replace(' ', '-')}.service"
+    crashed = host.check_output(f"systemctl show -P MainPID {unit}")
+    host.run_test(f"kill -KILL {crashed}")
+    started = time.monotonic()
+    while host.check_output(f"systemctl show -P MainPID {unit}") in (crashed, "0") or not host.service(unit).is_running:
+        assert time.monotonic() - started < 15, "no new postmaster 15 s after a crash:\n" + host.check_output(
+            f"journalctl -u {unit} -n 20 --no-pager")
+        time.sleep(0.2)
+    record("postgresql_crash_to_new_postmaster_seconds", round(time.monotonic() - started, 1))
+
+    # The platform recovers by itself: the webserver answers, every location is loaded,
+    # every unit runs and the daemon is healthy again.
+    web.wait_ready()
+    assert all(e["loadStatus"] == "LOADED" for e in web.wait_loaded().values())
+    deadline = time.monotonic() + 60
+    while not all(host.service(u).is_running for u in UNITS) or not daemon_healthy(web):
+        assert time.monotonic() < deadline, "the platform was not healthy 60 s after PostgreSQL came back"
+        time.sleep(1)
+    record("postgresql_crash_to_platform_healthy_seconds", round(time.monotonic() - started, 1))
+
+    # A deliberate stop is not undone: the cluster stays down until started again.
+    host.run_test(f"pg_ctlcluster {cluster} stop")
+    stopped = time.monotonic()
+    while time.monotonic() - stopped < 5:  # over twice RestartSec: a restart would show by now
+        assert not host.service(unit).is_running, "a deliberate stop was undone"
+        time.sleep(0.5)
+    host.run_test(f"pg_ctlcluster {cluster} start")
+    assert host.service(unit).is_running
+
+
+def daemon_healthy(web) -> bool:
+    """Every required daemon healthy; False while the webserver cannot tell yet (errors)."""
+    try:
+        health = web.gql("{ instance { daemonHealth { allDaemonStatuses { healthy required } } } }", timeout=10)
+    except (OSError, AssertionError):
+        return False
+    return all(s["healthy"] for s in health["instance"]["daemonHealth"]["allDaemonStatuses"] if s["required"])
 
 
 def test_run_history_survives_restarts(web, host):

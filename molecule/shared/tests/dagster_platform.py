@@ -142,6 +142,8 @@ def recap(output: str) -> dict[str, dict[str, int]]:
         if not line.strip():
             break  # the recap ends at a blank line (profile_tasks' timings may follow)
         name, _, counters = line.partition(":")
+        if "ok=" not in counters:
+            continue  # not a host's counters (a callback's line)
         hosts[name.strip()] = {k: int(v) for k, v in (pair.split("=") for pair in counters.split())}
     return hosts
 

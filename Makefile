@@ -95,9 +95,9 @@ locations-pytest:
 	    && uv run --frozen --quiet dagster definitions validate 2>&1 | tail -1); \
 	done
 
-# Two lanes side by side (2 cores: much of a scenario is waiting on its hosts), each
-# scenario's log in artifacts/; a failed lane prints the end of its log.
-MOLECULE_LANES := default,pristine bookworm,multinode
+# Three lanes side by side (2 cores, but much of a scenario waits on its hosts and their
+# runs), each scenario's log in artifacts/; a failed lane prints the end of its log.
+MOLECULE_LANES := default multinode bookworm,pristine
 test-molecule: toolchain
 	$(MAKE) host-packages EXTRA_PACKAGES="$(TEST_PACKAGES)"
 	command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null

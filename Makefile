@@ -106,7 +106,7 @@ test-molecule: toolchain
 	@pids=(); for lane in $(MOLECULE_LANES); do \
 	  ( failed=0; for scenario in $${lane//,/ }; do \
 	      echo "molecule: $$scenario started"; started=$$SECONDS; \
-	      if molecule test -s $$scenario >artifacts/molecule-$$scenario.log 2>&1; then \
+	      if COLUMNS=250 molecule test -s $$scenario >artifacts/molecule-$$scenario.log 2>&1; then \
 	        echo "molecule: $$scenario passed in $$((SECONDS - started)) s"; \
 	      else \
 	        echo "molecule: $$scenario FAILED after $$((SECONDS - started)) s; the end of artifacts/molecule-$$scenario.log:"; \
@@ -117,8 +117,9 @@ test-molecule: toolchain
 	status=0; for pid in "$${pids[@]}"; do wait $$pid || status=1; done; \
 	if [ $$status -ne 0 ]; then echo "molecule: what failed, last (CI keeps the end of the output):"; \
 	  for scenario in $$(cat artifacts/molecule-failed); do \
-	    sed 's/\x1b\[[0-9;]*m//g' artifacts/molecule-$$scenario.log | grep -E '^(FAILED|ERROR) |^E   .*(Error|assert)|fatal: \[|^ *│ *(fatal|failed): ' \
-	      | cut -c1-300 | head -n 12 | sed "s|^|$$scenario: |"; \
+	    sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^ *│ \{0,1\}//' artifacts/molecule-$$scenario.log \
+	      | grep -E '^FAILED [^-]|^ERROR |^E +.*(Error|assert)|fatal: \[|^(fatal|failed): ' \
+	      | cut -c1-300 | head -n 20 | sed "s|^|$$scenario: |"; \
 	  done; fi; exit $$status
 
 test: lint test-locations test-molecule

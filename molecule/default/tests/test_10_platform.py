@@ -181,6 +181,10 @@ def test_postgresql_comes_back_after_a_crash(web, host):
     host.run_test(f"pg_ctlcluster {cluster} start")
     assert host.service(unit).is_running
 
+    # The first requests after the database came back succeed: the webserver's pooled
+    # connections died with it and must not reach a request (that was an HTTP 500).
+    assert web.wait_run(web.launch("hello", JOBS["hello"])) == "SUCCESS"
+
 
 def daemon_healthy(web) -> bool:
     """Every required daemon healthy; False while the webserver cannot tell yet (errors)."""

@@ -10,6 +10,8 @@ Ansible over plain ssh exactly as a VM would be.
                                               default $DAGSTER_LAB_RELEASE or trixie
   lab.py down [NAME ...]                      stop hosts (all when none named); the bridge,
                                               nft table and ip_forward go with the last host
+  lab.py reboot NAME ... [--power-cut]        reboot running hosts, keeping their disks: a clean
+                                              halt, or with --power-cut a kill of the whole host
   lab.py status                               list hosts
   lab.py shell NAME -- CMD...                 run a command inside a host (nsenter)
 
@@ -217,17 +219,28 @@ def init_pid(name: str) -> int | None:
     return int(kids[0]) if kids else None
 
 
+def halt_host(name: str, power_cut: bool = False) -> None:
+    """Stop the host's processes; its disk (the overlay) stays."""
+    pid = nspawn_pid(name)
+    if pid is None:
+        return
+    init = init_pid(name)
+    # SIGTERM: nspawn asks the host's systemd for a clean halt. SIGKILL: the power is cut
+    # (the host's PID 1 dies with nspawn, and every process of the host with it).
+    os.kill(pid, signal.SIGKILL if power_cut else signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while nspawn_pid(name) is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if nspawn_pid(name) is not None:
+        os.kill(pid, signal.SIGKILL)
+    while init is not None and Path(f"/proc/{init}").exists() and time.monotonic() < deadline + 10:
+        time.sleep(0.1)
+    quiet("ip", "link", "delete", f"vb-{name}"[:15])
+
+
 def stop_host(name: str) -> None:
     d = host_dir(name)
-    pid = nspawn_pid(name)
-    if pid is not None:
-        os.kill(pid, signal.SIGTERM)  # nspawn asks the host's systemd for a clean halt
-        deadline = time.monotonic() + 20
-        while nspawn_pid(name) is not None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if nspawn_pid(name) is not None:
-            os.kill(pid, signal.SIGKILL)
-            time.sleep(0.5)
+    halt_host(name)
     root = d / "root"
     if os.path.ismount(root):
         run("umount", "--lazy", str(root))
@@ -254,8 +267,9 @@ def start_host(name: str, ip: str, release: str) -> subprocess.Popen:
     d = host_dir(name)
     for sub in ("upper", "work", "root"):
         (d / sub).mkdir(parents=True, exist_ok=True)
-    run("mount", "-t", "overlay", "overlay", "-o",
-        f"lowerdir={rootfs(release)},upperdir={d / 'upper'},workdir={d / 'work'}", str(d / "root"))
+    if not os.path.ismount(d / "root"):  # a reboot keeps the mounted disk
+        run("mount", "-t", "overlay", "overlay", "-o",
+            f"lowerdir={rootfs(release)},upperdir={d / 'upper'},workdir={d / 'work'}", str(d / "root"))
     write_host_config(d / "root", name, ip)
     (d / "ip").write_text(ip)
     (d / "release").write_text(release)
@@ -355,6 +369,20 @@ def cmd_down(args) -> None:
         log(f"bridge {BRIDGE} and nft table {NFT_TABLE} removed, ip_forward restored")
 
 
+def cmd_reboot(args) -> None:
+    for name in args.hosts:
+        if nspawn_pid(name) is None:
+            raise SystemExit(f"lab: {name} is not running")
+    started = time.monotonic()
+    hosts = [(name, host_file(name, "ip"), host_file(name, "release") or DEFAULT_RELEASE) for name in args.hosts]
+    for name, _, _ in hosts:
+        halt_host(name, power_cut=args.power_cut)
+    booting = {name: start_host(name, ip, release) for name, ip, release in hosts}
+    for name, ip, _ in hosts:
+        wait_ssh(name, ip, booting[name])
+    log(f"{len(hosts)} host(s) rebooted and answering ssh after {time.monotonic() - started:.1f}s")
+
+
 def cmd_status(_args) -> None:
     for name in running_hosts():
         print(f"{name}\t{host_file(name, 'ip')}\t{host_file(name, 'release') or 'bookworm'}\tinit pid {init_pid(name)}")
@@ -379,13 +407,17 @@ def main() -> None:
     down = sub.add_parser("down")
     down.add_argument("hosts", nargs="*", metavar="NAME")
     down.set_defaults(func=cmd_down)
+    reboot = sub.add_parser("reboot")
+    reboot.add_argument("hosts", nargs="+", metavar="NAME")
+    reboot.add_argument("--power-cut", action="store_true", help="kill the host instead of a clean halt")
+    reboot.set_defaults(func=cmd_reboot)
     sub.add_parser("status").set_defaults(func=cmd_status)
     shell = sub.add_parser("shell")
     shell.add_argument("name")
     shell.add_argument("command", nargs="+")
     shell.set_defaults(func=cmd_shell)
     args = parser.parse_args()
-    if args.cmd in ("up", "down"):
+    if args.cmd in ("up", "down", "reboot"):
         with locked():
             args.func(args)
     else:

@@ -4,7 +4,7 @@ import dagster as dg
 import pytest
 
 from platform_alerts.definitions import (Alert, AlertChannels, alert_drill_job, channels_from_environment,
-                                         run_failure_alerts)
+                                         memory_drill_job, run_failure_alerts)
 
 
 def channels(standins, **override):
@@ -86,3 +86,8 @@ def test_messages_fit_the_chat_limits(standins, length):
     alert = Alert(job="j", location="l", run_id="r", failed_steps=[("s", "x" * length)], link="u")
     payloads = channels(standins).payloads(alert)
     assert len(payloads["discord"][1]["content"]) <= 2000 and len(payloads["telegram"][1]["text"]) <= 4096
+
+
+def test_the_memory_drill_holds_what_it_is_told():
+    result = memory_drill_job.execute_in_process(run_config={"ops": {"hold_memory": {"config": {"mebibytes": 128}}}})
+    assert result.success and result.output_for_node("hold_memory") == 128

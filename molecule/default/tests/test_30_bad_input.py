@@ -25,6 +25,7 @@ CASES = {
     "host-not-in-dagster_code": ([dict(HELLO, host="db1")], 'host "db1" is not in the dagster_code group'),
     "dagster-previous-minor": ([dict(HELLO, source="molecule/default/fixtures/dagster_previous_minor")],
                                'location "extra": its uv.lock pins dagster 1.12.22 but the control plane runs 1.13.27'),
+    "memory-not-a-size": ([dict(HELLO, memory_max="2 GB")], 'location "extra": memory_max "2 GB" is not a size'),
     "env-placeholder": ([dict(HELLO, env={"OPENAI_API_KEY": "CHANGE-ME"})],
                         'location "extra": env OPENAI_API_KEY is still the example placeholder CHANGE-ME'),
 }

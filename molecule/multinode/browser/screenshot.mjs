@@ -20,7 +20,9 @@ try {
     const [name, words = ""] = spec.split(":");
     const expected = words.split(",").filter(Boolean);
     const page = await context.newPage();
-    await page.goto(`${base}/${name}`, { waitUntil: "networkidle", timeout: 60000 });
+    // "load", not "networkidle": the UI polls GraphQL for as long as it is open, so on a
+    // busy host the network may never stay quiet for the 500 ms networkidle needs.
+    await page.goto(`${base}/${name}`, { waitUntil: "load", timeout: 60000 });
     await page.waitForFunction(
       (words) => words.every((word) => document.body.innerText.includes(word)),
       expected, { timeout: 60000 },

@@ -4,12 +4,13 @@ import json
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import testinfra
 import yaml
-from dagster_platform import ARTIFACTS, LAB_SECRETS, PROJECT, recap, record, run_site
+from dagster_platform import ARTIFACTS, LAB_SECRETS, PROJECT, reboot, recap, record, run_site
 
 # `host` is the control host; the others come from their groups.
 testinfra_hosts = ["ansible://dagster_control"]
@@ -118,6 +119,15 @@ def test_grpc_ports_admit_the_control_host_only(host, code1, code2, outsider):
     record("multinode_grpc_probe", observed)
 
 
+@pytest.mark.parametrize("action", ["enable --now", "restart", "reload", "stop"])
+def test_grpc_firewall_survives_the_distribution_s_nftables_service(host, code1, outsider, action):
+    # Debian's nftables.service flushes the whole ruleset on each of these.
+    code1.run_test(f"systemctl {action} nftables.service")
+    assert code1.run("nft list table inet dagster_code").rc == 0, action
+    assert outsider.check_output("python3 -c %s %s %s", TCP_PROBE, address(code1), "4000") == "refused", action
+    assert host.check_output("python3 -c %s %s %s", TCP_PROBE, address(code1), "4000") == "open", action
+
+
 def test_every_location_loaded(web):
     entries = web.wait_loaded()
     assert set(entries) == {"hello", "assets_quickstart", "etl", "isolation_remote", "file_example",
@@ -132,6 +142,24 @@ def test_every_location_loaded(web):
 ])
 def test_job_reaches_success(web, location, job):
     assert web.wait_run(web.launch(location, job)) == "SUCCESS", location
+
+
+def test_every_host_rebooted_at_once_comes_back(web, host, db, code1, code2, outsider):
+    booted = reboot(*(name(h) for h in (db, host, code1, code2)))
+    while True:
+        try:
+            entries = web.locations()
+            if entries and all(e["loadStatus"] == "LOADED" and e["locationOrLoadError"]["__typename"] == "RepositoryLocation"
+                               for e in entries.values()):
+                break
+        except (OSError, AssertionError):  # nginx or the webserver still starting
+            pass
+        assert time.monotonic() - booted < 180, "the locations were not loaded 180 s after the hosts booted"
+        time.sleep(1)
+    record("multinode_reboot_to_locations_loaded_seconds", round(time.monotonic() - booted, 1))
+    # Code servers on other hosts than the daemon's, and their firewall, back from the boot.
+    assert outsider.check_output("python3 -c %s %s %s", TCP_PROBE, address(code1), "4000") == "refused"
+    assert web.wait_run(web.launch("isolation_remote", "isolation_job")) == "SUCCESS"
 
 
 def materialized_by(web, run_id):

@@ -8,6 +8,7 @@ import json
 import os
 import ssl
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -107,6 +108,13 @@ def platform_webserver(control_host, tmp_dir: Path) -> Webserver:
     cafile.write_text(control_host.file("/etc/nginx/dagster/tls.crt").content_string)
     password = (LAB_SECRETS / "ui_password").read_text().strip()
     return Webserver(f"https://{address}", "admin", password, str(cafile))
+
+
+def reboot(*hosts: str, power_cut: bool = False) -> float:
+    """Reboot lab hosts keeping their disks; the monotonic time their ssh answered again."""
+    subprocess.run([sys.executable, str(PROJECT / "files" / "lab" / "lab.py"), "reboot", *hosts,
+                    *(["--power-cut"] if power_cut else [])], check=True, timeout=300)
+    return time.monotonic()
 
 
 def inventory_dir() -> str:

@@ -177,6 +177,25 @@ def alert_drill_job():
     fail_on_purpose()
 
 
+class MemoryDrill(dg.Config):
+    mebibytes: int = 64
+
+
+@dg.op
+def hold_memory(context: dg.OpExecutionContext, config: MemoryDrill) -> int:
+    """Fill memory 64 MiB at a time (written, so it is resident): under the location's
+    memory limit the kernel kills this step alone, and the run fails."""
+    blocks = [b"\xff" * 2**26 for _ in range(max(1, config.mebibytes // 64))]
+    held = sum(len(block) for block in blocks) // 2**20
+    context.log.info("held %d MiB", held)
+    return held
+
+
+@dg.job(description="Takes the memory it is told to, to check the location's memory limit.")
+def memory_drill_job():
+    hold_memory()
+
+
 def channels_from_environment() -> AlertChannels:
     secrets = {field: dg.EnvVar(name) for field, name in SECRET_VARIABLES.items() if os.environ.get(name)}
     return AlertChannels(
@@ -187,5 +206,5 @@ def channels_from_environment() -> AlertChannels:
     )
 
 
-defs = dg.Definitions(jobs=[alert_drill_job], sensors=[run_failure_alerts],
+defs = dg.Definitions(jobs=[alert_drill_job, memory_drill_job], sensors=[run_failure_alerts],
                       resources={"alerts": channels_from_environment()})

@@ -1,10 +1,11 @@
 import logging
+import threading
 
 import dagster as dg
 import pytest
 
 from platform_alerts.definitions import (Alert, AlertChannels, alert_drill_job, channels_from_environment,
-                                         memory_drill_job, run_failure_alerts)
+                                         gate_drill_job, memory_drill_job, run_failure_alerts)
 
 
 def channels(standins, **override):
@@ -91,3 +92,19 @@ def test_messages_fit_the_chat_limits(standins, length):
 def test_the_memory_drill_holds_what_it_is_told():
     result = memory_drill_job.execute_in_process(run_config={"ops": {"hold_memory": {"config": {"mebibytes": 128}}}})
     assert result.success and result.output_for_node("hold_memory") == 128
+
+
+def test_the_gate_drill_runs_until_its_file_appears(tmp_path):
+    gate = tmp_path / "gate"
+    threading.Timer(1.0, gate.touch).start()
+    result = gate_drill_job.execute_in_process(run_config={"ops": {"wait_for_gate": {"config": {"gate_file": str(gate)}}}})
+    assert result.success and result.output_for_node("wait_for_gate") >= 0.9
+
+
+def test_the_gate_drill_fails_when_its_file_never_appears(tmp_path):
+    config = {"gate_file": str(tmp_path / "never"), "timeout_seconds": 1.0}
+    result = gate_drill_job.execute_in_process(run_config={"ops": {"wait_for_gate": {"config": config}}},
+                                               raise_on_error=False)
+    assert not result.success
+    failure = result.failure_data_for_node("wait_for_gate")
+    assert failure.user_failure_data.description.endswith("did not appear in 1 s")

@@ -210,20 +210,27 @@ def test_run_history_survives_restarts(web, host):
     assert before <= after
 
 
-def test_a_reboot_brings_everything_back(web, host):
+def test_a_power_cut_brings_everything_back(web, host):
+    """The host loses power: no unit stops cleanly, no run worker reports anything."""
     before = {r["runId"] for r in web.gql("{ runsOrError(limit: 100) { ... on Runs { results { runId } } } }")
               ["runsOrError"]["results"]}
+    in_flight, _ = web.launch_gated()
     # A run still queued when the host goes down: the daemon, which dequeues runs, is stopped.
     host.run_test("systemctl stop dagster-daemon.service")
     queued = web.launch("hello", JOBS["hello"])
     assert web.gql(RUN_STATUS, {"id": queued})["runOrError"]["status"] == "QUEUED"
 
-    booted = reboot(host.backend.host)
+    booted = reboot(host.backend.host, power_cut=True)
     while not (all(host.service(u).is_running for u in UNITS) and daemon_healthy(web) and every_location_loaded(web)):
         assert time.monotonic() - booted < 180, "the platform was not back 180 s after the host booted"
         time.sleep(1)
-    record("reboot_to_platform_healthy_seconds", round(time.monotonic() - booted, 1))
+    record("power_cut_to_platform_healthy_seconds", round(time.monotonic() - booted, 1))
 
+    # The run in flight lost its worker: failed, with the reason, soon after the boot.
+    assert web.wait_run(in_flight, timeout=120) == "FAILURE", web.run_messages(in_flight)
+    record("power_cut_to_in_flight_run_failed_seconds", round(time.monotonic() - booted, 1))
+    assert time.monotonic() - booted <= 120
+    assert any("The run's worker is gone" in message for message in web.run_messages(in_flight))
     assert web.wait_run(queued) == "SUCCESS", "the run queued before the reboot"
     after = {r["runId"] for r in web.gql("{ runsOrError(limit: 100) { ... on Runs { results { runId } } } }")
              ["runsOrError"]["results"]}

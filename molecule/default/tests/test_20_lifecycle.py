@@ -3,10 +3,11 @@
 import shutil
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
-from dagster_platform import (FINISHED, MAIN_PIDS_COMMAND, PROJECT, RUN_STATUS, recap, record, run_site,
+from dagster_platform import (MAIN_PIDS_COMMAND, PROJECT, RUN_STATUS, recap, record, run_site,
                               unit_main_pids)
 
 BASE = yaml.safe_load((PROJECT / "inventory/lab/group_vars/all/locations.yml").read_text())["dagster_locations"]
@@ -38,15 +39,6 @@ def main_pid(host, unit: str) -> str:
     return host.check_output(f"systemctl show -P MainPID {unit}")
 
 
-def wait_status(web, run_id: str, wanted: str, timeout: float = 120) -> str:
-    deadline = time.monotonic() + timeout
-    while (status := web.gql(RUN_STATUS, {"id": run_id})["runOrError"]["status"]) != wanted:
-        if status in FINISHED or time.monotonic() > deadline:
-            return status
-        time.sleep(0.5)
-    return status
-
-
 def test_add_then_remove_a_location(host, web, tmp_path):
     pids = main_pids(host)
     assert all(pid != "0" for pid in pids.values())
@@ -55,7 +47,7 @@ def test_add_then_remove_a_location(host, web, tmp_path):
     gate = f"/var/lib/dagster/gate-{uuid.uuid4().hex}"
     in_flight = web.launch("file_example", "file_job",
                            run_config={"ops": {"count_words": {"config": {"wait_for_file": gate}}}})
-    assert wait_status(web, in_flight, "STARTED") == "STARTED"
+    assert web.wait_status(in_flight, "STARTED") == "STARTED"
     daemon = main_pid(host, DAEMON)
 
     added_at = time.monotonic()
@@ -140,3 +132,48 @@ def test_a_change_stopped_after_the_copy_is_finished_by_the_next_run(host, web, 
     # Back to the scenario's own code (hello restarts once more).
     converge_with(tmp_path, BASE)
     assert hello_description(web) == "Say hello, shout it, report it."
+
+
+def test_a_deploy_during_a_run_drains_then_stops_it_for_a_retry(host, web, tmp_path):
+    """A code change restarts the location's server; the stop first waits for its runs in
+    flight, for at most dagster_code_drain_timeout_seconds (20 s in the lab). A run that
+    ends in time completes on the old code; one that does not is stopped with the server,
+    reported failed, and retried on the new code since its job allows a retry."""
+    unit = "dagster-code@platform_alerts.service"
+    changed = [dict(loc, env=dict(loc["env"], GATE_DRILL_DEPLOY="1")) if loc["name"] == "platform_alerts" else loc
+               for loc in BASE]
+    run_id, gate = web.launch_gated()
+    server = main_pid(host, unit)
+    since = host.check_output("date +%s")
+    with ThreadPoolExecutor(1) as pool:
+        deploy = pool.submit(converge_with, tmp_path, changed)
+        deadline = time.monotonic() + 300
+        while host.check_output(f"systemctl show -P ActiveState {unit}") != "deactivating":
+            assert not deploy.done() and time.monotonic() < deadline, "the deploy never stopped the server"
+            time.sleep(0.2)
+        draining = time.monotonic()
+        time.sleep(3)  # the run goes on while the server drains ...
+        assert web.gql(RUN_STATUS, {"id": run_id})["runOrError"]["status"] == "STARTED"
+        host.check_output(f"touch {gate}")  # ... and ends well before the bound
+        _, seconds = deploy.result()
+    record("deploy_waited_for_the_run_seconds", round(time.monotonic() - draining, 1))
+    assert web.wait_run(run_id) == "SUCCESS", web.run_messages(run_id)
+    assert main_pid(host, unit) != server
+    assert "run worker(s) to finish" in host.check_output(f"journalctl -u {unit} --since @{since} --no-pager")
+    host.check_output(f"rm -f {gate}")
+
+    # Past the bound: the run is stopped, fails, and its retry runs on the new code.
+    run_id, gate = web.launch_gated(tags={"dagster/max_retries": "1"})
+    _, seconds = converge_with(tmp_path, BASE)
+    record("deploy_past_the_drain_converge_seconds", round(seconds, 1))
+    assert seconds > 20
+    assert web.wait_run(run_id, timeout=120) == "FAILURE", web.run_messages(run_id)
+    deadline = time.monotonic() + 120
+    while not (retries := web.retries_of(run_id)):
+        assert time.monotonic() < deadline, "no retry of the stopped run"
+        time.sleep(1)
+    (retry,) = retries
+    assert web.wait_status(retry["runId"], "STARTED") == "STARTED", web.run_messages(retry["runId"])
+    host.check_output(f"touch {gate}")
+    assert web.wait_run(retry["runId"]) == "SUCCESS", web.run_messages(retry["runId"])
+    host.check_output(f"rm -f {gate}")

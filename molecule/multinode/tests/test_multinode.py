@@ -197,11 +197,13 @@ def test_ui_in_headless_chromium(web):
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    texts = json.loads(result.stdout)
+    report = json.loads(result.stdout)
+    texts, problems = report["texts"], report["problems"]
+    record("multinode_ui_problems", problems)
     for location in ("hello", "assets_quickstart", "isolation_remote", "file_example", "module_example"):
-        assert location in texts["locations"], texts["locations"][:2000]
-    assert texts["locations"].count("Loaded") >= 7, texts["locations"][:2000]
-    assert "hello_job" in texts["runs"] and "Success" in texts["runs"], texts["runs"][:2000]
+        assert location in texts["locations"], (problems["locations"], texts["locations"][:1500])
+    assert texts["locations"].count("Loaded") >= 7, (problems["locations"], texts["locations"][:1500])
+    assert "hello_job" in texts["runs"] and "Success" in texts["runs"], (problems["runs"], texts["runs"][:1500])
     for page in ("locations", "runs"):
         assert (ARTIFACTS / f"{page}.png").stat().st_size > 20_000
     record("multinode_screenshots", [str(ARTIFACTS / "locations.png"), str(ARTIFACTS / "runs.png")])

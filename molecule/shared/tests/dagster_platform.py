@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,14 @@ mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { __typename
 RUN_STATUS = "query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status } } }"
 RUN_TIMES = "query($id: ID!) { runOrError(runId: $id) { ... on Run { status startTime endTime } } }"
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
+RUN_MESSAGES = """
+query($id: ID!) { logsForRun(runId: $id) { __typename ... on EventConnection {
+  events { __typename ... on MessageEvent { message } } } } }
+"""
+RETRIES = """
+query($parent: String!) { runsOrError(filter: {tags: [{key: "dagster/parent_run_id", value: $parent}]}) {
+  ... on Runs { results { runId status } } } }
+"""
 
 
 LAB_SECRETS = Path("/var/lib/dagster-lab/secrets")
@@ -91,6 +100,33 @@ class Webserver:
         result = self.gql(LAUNCH, {"p": params})["launchRun"]
         assert result["__typename"] == "LaunchRunSuccess", result
         return result["run"]["runId"]
+
+    def wait_status(self, run_id: str, wanted: str, timeout: float = 120) -> str:
+        """Poll until the run has the wanted status or a final one; the last status seen."""
+        deadline = time.monotonic() + timeout
+        while (status := self.gql(RUN_STATUS, {"id": run_id})["runOrError"]["status"]) != wanted:
+            if status in FINISHED or time.monotonic() > deadline:
+                return status
+            time.sleep(0.5)
+        return status
+
+    def run_messages(self, run_id: str) -> list[str]:
+        """The messages of a run's events, oldest first."""
+        return [e.get("message") or e["__typename"]
+                for e in self.gql(RUN_MESSAGES, {"id": run_id})["logsForRun"]["events"]]
+
+    def retries_of(self, run_id: str) -> list[dict]:
+        """Runs the daemon launched to retry this one."""
+        return self.gql(RETRIES, {"parent": run_id})["runsOrError"]["results"]
+
+    def launch_gated(self, tags: dict | None = None) -> tuple[str, str]:
+        """A run of platform_alerts' gate_drill_job, STARTED, in flight until its gate file
+        (returned with the run's id) exists on the location's host."""
+        gate = f"/var/lib/dagster/gate-{uuid.uuid4().hex}"
+        run_id = self.launch("platform_alerts", "gate_drill_job", tags=tags,
+                             run_config={"ops": {"wait_for_gate": {"config": {"gate_file": gate}}}})
+        assert self.wait_status(run_id, "STARTED") == "STARTED", self.run_messages(run_id)
+        return run_id, gate
 
     def wait_run(self, run_id: str, timeout: float = 300) -> str:
         deadline = time.monotonic() + timeout

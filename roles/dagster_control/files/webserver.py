@@ -1,16 +1,30 @@
-"""dagster-webserver whose pooled database connections are tested before each use.
+"""dagster-webserver that rides over restarts of the database and of code servers.
 
 The webserver keeps its PostgreSQL connections in a pool. After the database restarts
 every pooled connection is dead, and the request that draws one fails (HTTP 500). A
 ping when a connection leaves the pool (SQLAlchemy's pessimistic disconnect handling)
 makes the pool replace a dead connection before the request uses it.
+
+A launch asks the location's code server for the execution plan. While that server
+restarts (new code, a crash) it does not listen for a few seconds, and the launch
+failed with HTTP 500 (DagsterUserCodeUnreachableError, gRPC UNAVAILABLE). The calls a
+launch makes are tried again for up to CODE_SERVER_RESTART_SECONDS while the server is
+not listening; health checks and workspace loads still fail fast.
 """
 
+import asyncio
 import sys
+import time
 from importlib.metadata import entry_points
 
+import grpc
+from dagster._core.errors import DagsterUserCodeUnreachableError
+from dagster._grpc.client import DagsterGrpcClient
 from sqlalchemy import event, exc
 from sqlalchemy.pool import Pool
+
+CODE_SERVER_RESTART_SECONDS = 30.0
+LAUNCH_METHODS = {"ExecutionPlanSnapshot", "ExternalPipelineSubsetSnapshot", "ExternalJob"}
 
 
 @event.listens_for(Pool, "checkout")
@@ -20,6 +34,45 @@ def ping(dbapi_connection, connection_record, connection_proxy):
             cursor.execute("SELECT 1")
     except Exception as error:  # any failure means: do not hand this connection out
         raise exc.DisconnectionError(str(error)) from error
+
+
+def restarting(method: str, error: DagsterUserCodeUnreachableError) -> bool:
+    if method not in LAUNCH_METHODS:
+        return False
+    cause = error.__cause__
+    return isinstance(cause, grpc.RpcError) and cause.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def wait_for_restarts(query):
+    def retried(self, method, *args, **kwargs):
+        deadline = time.monotonic() + CODE_SERVER_RESTART_SECONDS
+        while True:
+            try:
+                return query(self, method, *args, **kwargs)
+            except DagsterUserCodeUnreachableError as error:
+                if not restarting(method, error) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.5)
+
+    return retried
+
+
+def gen_wait_for_restarts(query):
+    async def retried(self, method, *args, **kwargs):
+        deadline = time.monotonic() + CODE_SERVER_RESTART_SECONDS
+        while True:
+            try:
+                return await query(self, method, *args, **kwargs)
+            except DagsterUserCodeUnreachableError as error:
+                if not restarting(method, error) or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.5)
+
+    return retried
+
+
+DagsterGrpcClient._query = wait_for_restarts(DagsterGrpcClient._query)
+DagsterGrpcClient._gen_query = gen_wait_for_restarts(DagsterGrpcClient._gen_query)
 
 
 if __name__ == "__main__":

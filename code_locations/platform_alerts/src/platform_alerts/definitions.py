@@ -196,6 +196,29 @@ def memory_drill_job():
     hold_memory()
 
 
+class GateDrill(dg.Config):
+    gate_file: str
+    timeout_seconds: float = 600.0
+
+
+@dg.op
+def wait_for_gate(context: dg.OpExecutionContext, config: GateDrill) -> float:
+    """Stay in flight until the gate file exists: what deploys, crashes and reboots do to
+    a running run is checked with this."""
+    started = time.monotonic()
+    context.log.info("waiting for %s", config.gate_file)
+    while not os.path.exists(config.gate_file):
+        if time.monotonic() - started > config.timeout_seconds:
+            raise dg.Failure(description=f"{config.gate_file} did not appear in {config.timeout_seconds:.0f} s")
+        time.sleep(0.2)
+    return round(time.monotonic() - started, 1)
+
+
+@dg.job(description="Runs until a file appears, to check what happens to a run in flight.")
+def gate_drill_job():
+    wait_for_gate()
+
+
 def channels_from_environment() -> AlertChannels:
     secrets = {field: dg.EnvVar(name) for field, name in SECRET_VARIABLES.items() if os.environ.get(name)}
     return AlertChannels(
@@ -206,5 +229,5 @@ def channels_from_environment() -> AlertChannels:
     )
 
 
-defs = dg.Definitions(jobs=[alert_drill_job, memory_drill_job], sensors=[run_failure_alerts],
+defs = dg.Definitions(jobs=[alert_drill_job, memory_drill_job, gate_drill_job], sensors=[run_failure_alerts],
                       resources={"alerts": channels_from_environment()})

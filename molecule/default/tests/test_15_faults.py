@@ -1,0 +1,98 @@
+"""Faults heal themselves: run workers that die, code servers killed, a PostgreSQL outage."""
+
+import time
+
+from dagster_platform import RUN_STATUS, record
+
+UNIT = "dagster-code@platform_alerts.service"
+
+
+def run_workers(host, unit: str) -> list[int]:
+    """Run workers under a code server: the first multiprocessing children (as the drain counts)."""
+    server = int(host.check_output(f"systemctl show -P MainPID {unit}"))
+    rows = [line.split(None, 2) for line in host.check_output("ps -e -o pid=,ppid=,args=").splitlines()]
+    children = {}
+    for pid, ppid, args in (row + [""] * (3 - len(row)) for row in rows):
+        children.setdefault(int(ppid), []).append((int(pid), args))
+    found, todo = [], [server]
+    while todo:
+        for pid, args in children.get(todo.pop(), []):
+            if "spawn_main" in args:
+                found.append(pid)
+            else:
+                todo.append(pid)
+    return found
+
+
+def a_new_run_succeeds(web, host) -> None:
+    run_id, gate = web.launch_gated()
+    host.check_output(f"touch {gate}")
+    assert web.wait_run(run_id) == "SUCCESS", web.run_messages(run_id)
+    host.check_output(f"rm -f {gate}")
+
+
+def test_a_run_whose_worker_is_killed_fails_and_the_server_serves_on(web, host):
+    run_id, _ = web.launch_gated()
+    server = host.check_output(f"systemctl show -P MainPID {UNIT}")
+    (worker,) = run_workers(host, UNIT)
+    host.run_test(f"kill -KILL {worker}")
+    killed = time.monotonic()
+    assert web.wait_run(run_id, timeout=120) == "FAILURE"
+    record("run_worker_killed_to_run_failed_seconds", round(time.monotonic() - killed, 1))
+    reason = f"Run execution process for {run_id} was terminated by signal 9"
+    assert any(reason in message for message in web.run_messages(run_id)), web.run_messages(run_id)
+    assert host.check_output(f"systemctl show -P MainPID {UNIT}") == server
+    a_new_run_succeeds(web, host)
+
+
+def test_a_run_fails_with_the_reason_when_its_code_server_is_killed(web, host):
+    """Every process of the unit killed at once (as by a crash): no worker lives to report,
+    and Dagster's run monitoring cannot see it with the DefaultRunLauncher. The server's
+    launcher fails the run as the unit starts again."""
+    run_id, _ = web.launch_gated()
+    server = host.check_output(f"systemctl show -P MainPID {UNIT}")
+    host.run_test(f"systemctl kill --signal=KILL {UNIT}")
+    killed = time.monotonic()
+    assert web.wait_run(run_id, timeout=120) == "FAILURE", web.run_messages(run_id)
+    record("code_server_killed_to_run_failed_seconds", round(time.monotonic() - killed, 1))
+    messages = web.run_messages(run_id)
+    assert any("The run's worker is gone" in message for message in messages), messages
+    assert host.check_output(f"systemctl show -P MainPID {UNIT}") not in (server, "0")
+    a_new_run_succeeds(web, host)
+
+
+def test_a_launch_right_after_a_code_server_restart_succeeds(web, host):
+    host.run_test("systemctl restart dagster-code@hello.service")
+    assert web.wait_run(web.launch("hello", "hello_job")) == "SUCCESS"
+
+
+def failed_units(host) -> list[str]:
+    return host.check_output("systemctl list-units --failed --no-legend --plain 'dagster-*' 'postgresql*' nginx.service"
+                             ).splitlines()
+
+
+def test_a_60_s_postgresql_outage_leaves_nothing_failed(web, host):
+    """The daemon is restarted during the outage (it cannot start without the database)
+    and a run queued before it is launched after it; the first launch after the database
+    is back succeeds."""
+    host.run_test("systemctl stop dagster-daemon.service")
+    queued = web.launch("hello", "hello_job")
+    assert web.gql(RUN_STATUS, {"id": queued})["runOrError"]["status"] == "QUEUED"
+    clusters = host.check_output(
+        "systemctl list-units --no-legend --plain --type=service 'postgresql@*' | cut -d' ' -f1").split()
+    assert clusters, "no PostgreSQL cluster unit"
+    host.run_test("systemctl stop postgresql.service " + " ".join(clusters))
+    down = time.monotonic()
+    host.run_test("systemctl start --no-block dagster-daemon.service")
+    while time.monotonic() - down < 60:
+        assert failed_units(host) == [], "failed during the outage"
+        time.sleep(5)
+    host.run_test("systemctl start postgresql.service " + " ".join(clusters))
+    back = time.monotonic()
+    launched = web.launch("hello", "hello_job")  # at once: no HTTP 500 from a dead pooled connection
+    assert web.wait_run(queued) == "SUCCESS", web.run_messages(queued)
+    record("postgresql_outage_60s_to_queued_run_success_seconds", round(time.monotonic() - back, 1))
+    assert web.wait_run(launched) == "SUCCESS", web.run_messages(launched)
+    assert failed_units(host) == []
+    for unit in ("dagster-webserver", "dagster-daemon", "dagster-code@hello", "dagster-code@platform_alerts"):
+        assert host.service(unit).is_running, unit

@@ -1,0 +1,126 @@
+"""Start and stop a location's gRPC code server (dagster-code@<location>.service).
+
+serve LOCATION ARGS...
+    Runs `dagster ARGS...` in this process and, alongside, fails the runs that the
+    previous server process of this unit left behind. Every run worker of a location is
+    a child of its code server, in the unit's cgroup, and systemd empties that cgroup
+    (KillMode=control-group) before it starts the unit again: a run of this location
+    still STARTED whose worker started before this process cannot be alive any more
+    (server killed or crashed, host rebooted). With the DefaultRunLauncher, Dagster's
+    run monitoring cannot see that, and such a run would stay STARTED for
+    max_runtime_seconds.
+
+drain SECONDS
+    ExecStop: waits, at most SECONDS, until the server's run workers have finished, so
+    that a restart (new code) or a shutdown lets in-flight runs complete. The server
+    keeps serving meanwhile. Standard library only: it runs on every stop.
+"""
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+STARTED_AT = time.time()
+
+
+def log(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def fail_runs_left_behind(location):
+    from dagster import DagsterInstance
+    from dagster._core.events import JobFailureData, RunFailureReason
+    from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
+
+    pause = 2
+    while True:  # the database may still be starting (boot): try until it answers
+        try:
+            with DagsterInstance.get() as instance:
+                records = instance.get_run_records(
+                    RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING])
+                )
+                for record in records:
+                    run = record.dagster_run
+                    origin = run.remote_job_origin
+                    if origin is None or origin.location_name != location:
+                        continue
+                    if record.start_time is not None and record.start_time >= STARTED_AT:
+                        continue  # started by this server
+                    message = (
+                        f"The run's worker is gone: the code server of location {location} "
+                        f"(dagster-code@{location}.service on {os.uname().nodename}) started "
+                        f"again at {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(STARTED_AT))}, "
+                        "and the worker ended with the previous server process "
+                        "(killed, crashed, or its host rebooted)."
+                    )
+                    log(f"run {run.run_id}: {message}")
+                    if run.status == DagsterRunStatus.CANCELING:
+                        instance.report_run_canceled(run, message)
+                    else:
+                        instance.report_run_failed(
+                            run, message,
+                            JobFailureData(error=None, failure_reason=RunFailureReason.UNEXPECTED_TERMINATION),
+                        )
+            return
+        except Exception as error:  # keep serving: this is housekeeping
+            log(f"cannot check for runs left behind yet ({error!r}); trying again in {pause} s")
+            time.sleep(pause)
+            pause = min(pause * 2, 30)
+
+
+def serve(location, args):
+    from dagster._cli import main
+
+    threading.Thread(target=fail_runs_left_behind, args=(location,), daemon=True,
+                     name="fail-runs-left-behind").start()
+    sys.argv = ["dagster", *args]
+    sys.exit(main())
+
+
+def run_workers(server_pid):
+    """The server's run workers: the first multiprocessing spawn children under it (their
+    own step processes are spawned too, and are not counted again)."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue  # gone meanwhile
+        children.setdefault(int(fields[1]), []).append((int(stat.parent.name), cmdline))
+    found, todo = [], [server_pid]
+    while todo:
+        for pid, cmdline in children.get(todo.pop(), []):
+            if b"spawn_main" in cmdline:
+                found.append(pid)
+            else:
+                todo.append(pid)
+    return found
+
+
+def drain(seconds):
+    server = os.environ.get("MAINPID", "")
+    if not server.isdigit():
+        return  # the server is gone already: nothing left to wait for
+    deadline = time.monotonic() + seconds
+    said = 0.0
+    while workers := run_workers(int(server)):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            log(f"{len(workers)} run worker(s) still busy after {seconds} s: stopping them")
+            return
+        if time.monotonic() - said >= 10:
+            log(f"waiting up to {int(left)} s for {len(workers)} run worker(s) to finish")
+            said = time.monotonic()
+        time.sleep(1)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["serve"] and len(sys.argv) > 3:
+        serve(sys.argv[2], sys.argv[3:])
+    elif sys.argv[1:2] == ["drain"] and len(sys.argv) == 3:
+        drain(int(sys.argv[2]))
+    else:
+        sys.exit(f"usage: {sys.argv[0]} serve LOCATION DAGSTER_ARGS... | drain SECONDS")

@@ -1,15 +1,17 @@
-"""dagster-webserver that rides over restarts of the database and of code servers.
+"""Runs dagster-webserver or dagster-daemon so that they ride over restarts of the
+database and of code servers: `control_plane.py dagster-webserver|dagster-daemon ARGS...`.
 
 The webserver keeps its PostgreSQL connections in a pool. After the database restarts
 every pooled connection is dead, and the request that draws one fails (HTTP 500). A
 ping when a connection leaves the pool (SQLAlchemy's pessimistic disconnect handling)
 makes the pool replace a dead connection before the request uses it.
 
-A launch asks the location's code server for the execution plan. While that server
-restarts (new code, a crash) it does not listen for a few seconds, and the launch
-failed with HTTP 500 (DagsterUserCodeUnreachableError, gRPC UNAVAILABLE). The calls a
-launch makes are tried again for up to CODE_SERVER_RESTART_SECONDS while the server is
-not listening; health checks and workspace loads still fail fast.
+A launch asks the location's code server for the execution plan, and so does the
+daemon when it retries a failed run. While that server restarts (new code, a crash) it
+does not listen for a few seconds: the launch failed with HTTP 500, the retry was lost
+for good (DagsterUserCodeUnreachableError, gRPC UNAVAILABLE). The calls a launch makes
+are tried again for up to CODE_SERVER_RESTART_SECONDS while the server is not
+listening; health checks and workspace loads still fail fast.
 """
 
 import asyncio
@@ -76,6 +78,7 @@ DagsterGrpcClient._gen_query = gen_wait_for_restarts(DagsterGrpcClient._gen_quer
 
 
 if __name__ == "__main__":
-    sys.argv[0] = "dagster-webserver"
-    (main,) = entry_points(group="console_scripts", name="dagster-webserver")
+    program = sys.argv.pop(1)
+    sys.argv[0] = program
+    (main,) = entry_points(group="console_scripts", name=program)
     sys.exit(main.load()())

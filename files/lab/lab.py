@@ -219,29 +219,67 @@ def init_pid(name: str) -> int | None:
     return int(kids[0]) if kids else None
 
 
+def pid_namespace_members(namespace: str) -> list[int]:
+    members = []
+    for entry in Path("/proc").glob("[0-9]*/ns/pid"):
+        try:
+            if os.readlink(entry) == namespace:
+                members.append(int(entry.parent.parent.name))
+        except OSError:
+            continue  # gone meanwhile
+    return members
+
+
 def halt_host(name: str, power_cut: bool = False) -> None:
-    """Stop the host's processes; its disk (the overlay) stays."""
+    """Stop the host's processes; its disk (the overlay) stays. Returns once no process
+    of the host is left: a host booted on the same disk must never meet its old self."""
     pid = nspawn_pid(name)
     if pid is None:
         return
     init = init_pid(name)
-    # SIGTERM: nspawn asks the host's systemd for a clean halt. SIGKILL: the power is cut
-    # (the host's PID 1 dies with nspawn, and every process of the host with it).
-    os.kill(pid, signal.SIGKILL if power_cut else signal.SIGTERM)
-    deadline = time.monotonic() + 20
+    try:
+        namespace = os.readlink(f"/proc/{init}/ns/pid") if init else None
+    except OSError:
+        namespace = None
+    if power_cut and init:
+        # The power is cut: the host's PID 1 dies, and the kernel kills every other
+        # process of its PID namespace with it. Killing nspawn alone would not: the
+        # host's processes would live on, orphaned.
+        os.kill(init, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
+    else:
+        os.kill(pid, signal.SIGTERM)  # nspawn asks the host's systemd for a clean halt
+    deadline = time.monotonic() + 30
     while nspawn_pid(name) is not None and time.monotonic() < deadline:
         time.sleep(0.2)
-    if nspawn_pid(name) is not None:
-        os.kill(pid, signal.SIGKILL)
-    while init is not None and Path(f"/proc/{init}").exists() and time.monotonic() < deadline + 10:
+    if nspawn_pid(name) is not None or (namespace and pid_namespace_members(namespace)):
+        if init and Path(f"/proc/{init}").exists():
+            os.kill(init, signal.SIGKILL)
+        if nspawn_pid(name) is not None:
+            os.kill(pid, signal.SIGKILL)
+    while namespace and pid_namespace_members(namespace):
+        if time.monotonic() > deadline + 30:
+            raise RuntimeError(f"{name}: processes {pid_namespace_members(namespace)} outlived the host")
         time.sleep(0.1)
     quiet("ip", "link", "delete", f"vb-{name}"[:15])
+
+
+def kill_rooted_in(root: Path) -> None:
+    """SIGKILL every process whose root is this host's tree: what a killed run or an
+    older lab.py (which cut the power by killing nspawn alone) left running."""
+    for entry in Path("/proc").glob("[0-9]*/root"):
+        try:
+            if os.readlink(entry) == str(root):
+                os.kill(int(entry.parent.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
 
 
 def stop_host(name: str) -> None:
     d = host_dir(name)
     halt_host(name)
     root = d / "root"
+    kill_rooted_in(root)
     if os.path.ismount(root):
         run("umount", "--lazy", str(root))
     quiet("ip", "link", "delete", f"vb-{name}"[:15])

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
-from dagster_platform import (MAIN_PIDS_COMMAND, PROJECT, RUN_STATUS, recap, record, run_site,
+from dagster_platform import (MAIN_PIDS_COMMAND, PROJECT, recap, record, run_site,
                               unit_main_pids)
 
 BASE = yaml.safe_load((PROJECT / "inventory/lab/group_vars/all/locations.yml").read_text())["dagster_locations"]
@@ -80,7 +80,7 @@ def test_add_then_remove_a_location(host, web, tmp_path):
     assert main_pid(host, DAEMON) != daemon, "the daemon did not restart to read the new workspace"
 
     # The in-process run survived both daemon restarts and finishes once released.
-    assert web.gql(RUN_STATUS, {"id": in_flight})["runOrError"]["status"] == "STARTED"
+    assert web.run_status(in_flight) == "STARTED"
     host.check_output(f"touch {gate}")
     assert web.wait_run(in_flight) == "SUCCESS"
     host.check_output(f"rm -f {gate}")
@@ -153,7 +153,7 @@ def test_a_deploy_during_a_run_drains_then_stops_it_for_a_retry(host, web, tmp_p
             time.sleep(0.2)
         draining = time.monotonic()
         time.sleep(3)  # the run goes on while the server drains ...
-        assert web.gql(RUN_STATUS, {"id": run_id})["runOrError"]["status"] == "STARTED"
+        assert web.run_status(run_id) == "STARTED"
         host.check_output(f"touch {gate}")  # ... and ends well before the bound
         _, seconds = deploy.result()
     record("deploy_waited_for_the_run_seconds", round(time.monotonic() - draining, 1))

@@ -36,8 +36,12 @@ try {
     if (!shown) {
       // A first query can be lost while the host is busy; a user would reload once too.
       seen.push("reloaded: the words were missing after 45 s");
-      await page.reload({ waitUntil: "load", timeout: 60000 });
-      shown = await page.waitForFunction(shows, expected, { timeout: 45000 }).then(() => true, () => false);
+      try {
+        await page.reload({ waitUntil: "load", timeout: 60000 });
+        shown = await page.waitForFunction(shows, expected, { timeout: 45000 }).then(() => true, () => false);
+      } catch (error) {
+        seen.push(`the reload failed: ${error.message.split("\n")[0]}`);
+      }
     }
     if (!shown) {
       const text = await page.innerText("body");

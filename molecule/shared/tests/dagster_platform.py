@@ -28,7 +28,8 @@ mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { __typename
   ... on LaunchRunSuccess { run { runId } } ... on PythonError { message }
   ... on InvalidSubsetError { message } ... on RunConfigValidationInvalid { errors { message } } } }
 """
-RUN_STATUS = "query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status } } }"
+RUN_STATUS = """query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status }
+  ... on PythonError { message } ... on RunNotFoundError { message } } }"""
 RUN_TIMES = "query($id: ID!) { runOrError(runId: $id) { ... on Run { status startTime endTime } } }"
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
 RUN_MESSAGES = """
@@ -101,10 +102,15 @@ class Webserver:
         assert result["__typename"] == "LaunchRunSuccess", result
         return result["run"]["runId"]
 
+    def run_status(self, run_id: str) -> str:
+        answer = self.gql(RUN_STATUS, {"id": run_id})["runOrError"]
+        assert "status" in answer, f"run {run_id}: {answer}"
+        return answer["status"]
+
     def wait_status(self, run_id: str, wanted: str, timeout: float = 120) -> str:
         """Poll until the run has the wanted status or a final one; the last status seen."""
         deadline = time.monotonic() + timeout
-        while (status := self.gql(RUN_STATUS, {"id": run_id})["runOrError"]["status"]) != wanted:
+        while (status := self.run_status(run_id)) != wanted:
             if status in FINISHED or time.monotonic() > deadline:
                 return status
             time.sleep(0.5)
@@ -131,7 +137,7 @@ class Webserver:
     def wait_run(self, run_id: str, timeout: float = 300) -> str:
         deadline = time.monotonic() + timeout
         while True:
-            status = self.gql(RUN_STATUS, {"id": run_id})["runOrError"]["status"]
+            status = self.run_status(run_id)
             if status in FINISHED or time.monotonic() > deadline:
                 return status
             time.sleep(1)

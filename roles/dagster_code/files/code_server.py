@@ -30,13 +30,13 @@ def log(message):
 
 
 def fail_runs_left_behind(location):
-    from dagster import DagsterInstance
-    from dagster._core.events import JobFailureData, RunFailureReason
-    from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
-
     pause = 2
     while True:  # the database may still be starting (boot): try until it answers
         try:
+            from dagster import DagsterInstance
+            from dagster._core.events import JobFailureData, RunFailureReason
+            from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
+
             with DagsterInstance.get() as instance:
                 records = instance.get_run_records(
                     RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING])
@@ -46,8 +46,8 @@ def fail_runs_left_behind(location):
                     origin = run.remote_job_origin
                     if origin is None or origin.location_name != location:
                         continue
-                    if record.start_time is not None and record.start_time >= STARTED_AT:
-                        continue  # started by this server
+                    if record.start_time is None or record.start_time >= STARTED_AT:
+                        continue  # started by this server, or no start recorded to compare
                     message = (
                         f"The run's worker is gone: the code server of location {location} "
                         f"(dagster-code@{location}.service on {os.uname().nodename}) started "

@@ -104,37 +104,6 @@ def test_proxy_sends_security_headers_and_modern_tls_only(web):
         handshake(ssl.TLSVersion.TLSv1_2, "ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES128-SHA:AES128-SHA")
 
 
-def banned(host) -> list[str]:
-    status = host.check_output("fail2ban-client status dagster-ui-login")
-    return re.search(r"Banned IP list:\s*(.*)", status).group(1).split()
-
-
-def test_an_address_failing_to_log_in_too_often_is_banned(web, host):
-    """dagster_proxy_login_max_failures (10) failed logins: the address is refused on the
-    UI's port, even with the right password, until the ban ends (here: lifted by hand)."""
-    assert banned(host) == []
-    wrong = web.as_user("admin", "wrong-password")
-    try:
-        for _ in range(10):  # earlier tests failed once on purpose: the ban may come sooner
-            try:
-                wrong.get("/server_info")
-            except urllib.error.HTTPError as error:
-                assert error.code == 401
-        failed = time.monotonic()
-        while not banned(host):
-            assert time.monotonic() - failed < 30, "no ban 30 s after the failures"
-            time.sleep(0.5)
-        record("failed_logins_to_ban_seconds", round(time.monotonic() - failed, 1))
-        with pytest.raises(urllib.error.URLError) as refused:  # no HTTP answer at all
-            web.get("/server_info", timeout=5)
-        assert not isinstance(refused.value, urllib.error.HTTPError), refused.value
-    finally:
-        for address in banned(host):
-            host.run_test(f"fail2ban-client set dagster-ui-login unbanip {address}")
-    with web.get("/server_info") as response:
-        assert response.status == 200
-
-
 def test_proxy_carries_the_graphql_websocket(web):
     host = web.url.removeprefix("https://")
     conn = http.client.HTTPSConnection(host, 443, context=web.context, timeout=10)

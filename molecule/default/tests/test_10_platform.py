@@ -97,11 +97,14 @@ def test_proxy_sends_security_headers_and_modern_tls_only(web):
     assert handshake(ssl.TLSVersion.TLSv1_3)[0] == "TLSv1.3"
     version, cipher = handshake(ssl.TLSVersion.TLSv1_2)  # the same client, allowed what the server refuses
     assert version == "TLSv1.2" and cipher.startswith("ECDHE-") and ("GCM" in cipher or "CHACHA20" in cipher)
+    # Refused by the server (its alert), not by this client.
     for version in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
-        with pytest.raises(ssl.SSLError):
+        with pytest.raises(ssl.SSLError) as refused:
             handshake(version)
-    with pytest.raises(ssl.SSLError):  # no CBC suites in TLS 1.2 either
+        assert refused.value.reason == "TLSV1_ALERT_PROTOCOL_VERSION", refused.value
+    with pytest.raises(ssl.SSLError) as refused:  # no CBC suites in TLS 1.2 either
         handshake(ssl.TLSVersion.TLSv1_2, "ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES128-SHA:AES128-SHA")
+    assert refused.value.reason == "SSLV3_ALERT_HANDSHAKE_FAILURE", refused.value
 
 
 def test_proxy_carries_the_graphql_websocket(web):

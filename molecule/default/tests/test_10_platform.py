@@ -4,6 +4,8 @@ import base64
 import http.client
 import os
 import re
+import socket
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -71,6 +73,38 @@ def test_proxy_requires_the_login(web):
     assert refused.value.code == 401
     with web.get("/runs") as page:
         assert page.status == 200 and b"<html" in page.read().lower()
+
+
+def test_proxy_sends_security_headers_and_modern_tls_only(web):
+    with web.get("/server_info") as response:
+        headers = response.headers
+        assert "nginx/" not in headers.get("Server", "")
+    assert headers["Strict-Transport-Security"].startswith("max-age=")
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["X-Frame-Options"] == "DENY"
+    assert headers["Content-Security-Policy"] == "frame-ancestors 'none'"
+    host = web.url.removeprefix("https://")
+
+    def handshake(version, ciphers="ALL:@SECLEVEL=0"):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        context.minimum_version = context.maximum_version = version
+        context.set_ciphers(ciphers)
+        with socket.create_connection((host, 443), timeout=10) as sock, \
+                context.wrap_socket(sock, server_hostname=host) as tls:
+            return tls.version(), tls.cipher()[0]
+
+    assert handshake(ssl.TLSVersion.TLSv1_3)[0] == "TLSv1.3"
+    version, cipher = handshake(ssl.TLSVersion.TLSv1_2)  # the same client, allowed what the server refuses
+    assert version == "TLSv1.2" and cipher.startswith("ECDHE-") and ("GCM" in cipher or "CHACHA20" in cipher)
+    # Refused by the server (its alert), not by this client.
+    for version in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
+        with pytest.raises(ssl.SSLError) as refused:
+            handshake(version)
+        assert refused.value.reason == "TLSV1_ALERT_PROTOCOL_VERSION", refused.value
+    with pytest.raises(ssl.SSLError) as refused:  # no CBC suites in TLS 1.2 either
+        handshake(ssl.TLSVersion.TLSv1_2, "ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES128-SHA:AES128-SHA")
+    assert refused.value.reason == "SSLV3_ALERT_HANDSHAKE_FAILURE", refused.value
 
 
 def test_proxy_carries_the_graphql_websocket(web):

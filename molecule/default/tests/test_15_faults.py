@@ -9,12 +9,17 @@ UNIT = "dagster-code@platform_alerts.service"
 
 def run_workers(host, unit: str) -> list[int]:
     """Run workers under a code server: the first multiprocessing children (as the drain counts)."""
-    server = int(host.check_output(f"systemctl show -P MainPID {unit}"))
+    return spawned_under(host, int(host.check_output(f"systemctl show -P MainPID {unit}")))
+
+
+def spawned_under(host, root: int) -> list[int]:
+    """The first multiprocessing (spawn) processes under a process: a server's run
+    workers, or a run worker's step processes."""
     rows = [line.split(None, 2) for line in host.check_output("ps -e -o pid=,ppid=,args=").splitlines()]
     children = {}
     for pid, ppid, args in (row + [""] * (3 - len(row)) for row in rows):
         children.setdefault(int(ppid), []).append((int(pid), args))
-    found, todo = [], [server]
+    found, todo = [], [root]
     while todo:
         for pid, args in children.get(todo.pop(), []):
             if "spawn_main" in args:
@@ -41,6 +46,27 @@ def test_a_run_whose_worker_is_killed_fails_and_the_server_serves_on(web, host):
     record("run_worker_killed_to_run_failed_seconds", round(time.monotonic() - killed, 1))
     reason = f"Run execution process for {run_id} was terminated by signal 9"
     assert any(reason in message for message in web.run_messages(run_id)), web.run_messages(run_id)
+    assert host.check_output(f"systemctl show -P MainPID {UNIT}") == server
+    a_new_run_succeeds(web, host)
+
+
+def test_a_step_killed_as_by_the_oom_killer_fails_its_run_alone(web, host):
+    """Over a location's memory_max the kernel kills the largest process of the unit: a
+    run's step. Here the step is killed by hand: the lab's hosts cannot enforce MemoryMax
+    (their memory controller is read-only under this machine's cgroup v1 layout)."""
+    run_id, _ = web.launch_gated()
+    server = host.check_output(f"systemctl show -P MainPID {UNIT}")
+    (worker,) = run_workers(host, UNIT)
+    deadline = time.monotonic() + 60
+    while not (steps := spawned_under(host, worker)):
+        assert time.monotonic() < deadline, "the run's step process did not start"
+        time.sleep(0.2)
+    host.run_test(f"kill -KILL {steps[0]}")
+    killed = time.monotonic()
+    assert web.wait_run(run_id, timeout=120) == "FAILURE", web.run_messages(run_id)
+    record("step_killed_to_run_failed_seconds", round(time.monotonic() - killed, 1))
+    messages = web.run_messages(run_id)
+    assert any("wait_for_gate" in message and "terminated by signal 9" in message for message in messages), messages
     assert host.check_output(f"systemctl show -P MainPID {UNIT}") == server
     a_new_run_succeeds(web, host)
 

@@ -2,12 +2,14 @@
 
 import shutil
 import time
+import urllib.error
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 import yaml
-from dagster_platform import (MAIN_PIDS_COMMAND, PROJECT, recap, record, run_site,
+from dagster_platform import (LAB_SECRETS, MAIN_PIDS_COMMAND, PROJECT, recap, record, run_site,
                               unit_main_pids)
 
 BASE = yaml.safe_load((PROJECT / "inventory/lab/group_vars/all/locations.yml").read_text())["dagster_locations"]
@@ -177,3 +179,44 @@ def test_a_deploy_during_a_run_drains_then_stops_it_for_a_retry(host, web, tmp_p
     host.check_output(f"touch {gate}")
     assert web.wait_run(retry["runId"]) == "SUCCESS", web.run_messages(retry["runId"])
     host.check_output(f"rm -f {gate}")
+
+
+def request_seconds(web, count: int = 20) -> float:
+    """Median time of a small authenticated request (nginx hashes the password each time)."""
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        with web.get("/server_info") as response:
+            response.read()
+        times.append(time.perf_counter() - started)
+    return sorted(times)[count // 2]
+
+
+def test_a_login_removed_from_the_inventory_stops_working(host, web, tmp_path):
+    admin = {"name": "admin", "password": (LAB_SECRETS / "ui_password").read_text().strip()}
+    visitor = {"name": "visitor", "password": uuid.uuid4().hex}
+    extra = tmp_path / "logins.yml"
+    # First with passlib's default sha512-crypt rounds, which the role used before: the
+    # cost of a request then, beside the cost now.
+    extra.write_text(yaml.safe_dump({"dagster_proxy_users": [admin, visitor],
+                                     "dagster_proxy_password_hash_rounds": 656000}))
+    result = run_site("-e", f"@{extra}")
+    assert result.returncode == 0, result.stdout[-4000:]
+    lines = host.file("/etc/nginx/dagster/htpasswd").content_string.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["admin", "visitor"]
+    assert all(line.split(":", 1)[1].startswith("$6$rounds=656000$") for line in lines)
+    as_visitor = web.as_user(visitor["name"], visitor["password"])
+    with as_visitor.get("/server_info") as response:
+        assert response.status == 200
+    record("login_request_seconds_at_656000_rounds", round(request_seconds(web), 4))
+
+    # Back to the inventory's logins and rounds: the visitor is gone from the file and refused.
+    result = run_site()
+    assert result.returncode == 0, result.stdout[-4000:]
+    lines = host.file("/etc/nginx/dagster/htpasswd").content_string.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["admin"]
+    assert lines[0].startswith("admin:$6$") and "rounds=" not in lines[0]  # 5000: crypt's implicit default
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        as_visitor.get("/server_info")
+    assert refused.value.code == 401
+    record("login_request_seconds_at_5000_rounds", round(request_seconds(web), 4))

@@ -9,7 +9,7 @@ HELLO = {"name": "extra", "source": "code_locations/hello", "module": "hello.def
 # Files and folders the platform owns; runtime data under /var/lib/dagster is left out.
 SNAPSHOT = (
     "find /etc/dagster /opt/dagster /etc/systemd/system /etc/postgresql /usr/local/share/ca-certificates "
-    "/etc/ansible/facts.d "
+    "/etc/ansible/facts.d /etc/nginx "
     "-printf '%p %s %m %u %T@\\n' | sort | sha256sum"
 )
 
@@ -40,6 +40,29 @@ def test_bad_location_fails_before_any_change(host, tmp_path, case):
     result = run_site("-e", f"@{extra}")
     assert result.returncode != 0
     assert message.format(host=host.backend.get_hostname()) in result.stdout, result.stdout[-3000:]
+    assert "changed=0" in result.stdout.split("PLAY RECAP")[-1]
+    assert host.check_output(SNAPSHOT) == before
+
+
+SETTING_CASES = {
+    "login-name-with-a-colon": ({"dagster_proxy_users": [{"name": "ad:min", "password": "a-long-enough-password"}]},
+                                "dagster_proxy_users: each name must be unique and 1 to 64 letters"),
+    "hash-rounds-too-few": ({"dagster_proxy_password_hash_rounds": 10},
+                            "dagster_proxy_password_hash_rounds must be between 1000 and 999999999"),
+    "negative-drain": ({"dagster_code_drain_timeout_seconds": -1},
+                       "dagster_code_drain_timeout_seconds must be 0 (no wait for runs in flight) or more seconds"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SETTING_CASES))
+def test_bad_setting_fails_before_any_change(host, tmp_path, case):
+    settings, message = SETTING_CASES[case]
+    extra = tmp_path / "bad.yml"
+    extra.write_text(yaml.safe_dump(settings))
+    before = host.check_output(SNAPSHOT)
+    result = run_site("-e", f"@{extra}")
+    assert result.returncode != 0
+    assert message in result.stdout, result.stdout[-3000:]
     assert "changed=0" in result.stdout.split("PLAY RECAP")[-1]
     assert host.check_output(SNAPSHOT) == before
 

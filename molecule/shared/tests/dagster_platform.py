@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import fcntl
 import json
 import os
@@ -53,6 +54,12 @@ class Webserver:
         self.context = ssl.create_default_context(cafile=cafile)
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         self.headers = {"Authorization": f"Basic {token}"}
+
+    def as_user(self, user: str, password: str) -> Webserver:
+        """The same UI, logged in as another user."""
+        other = copy.copy(self)
+        other.headers = {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+        return other
 
     def get(self, path: str, headers: dict | None = None, timeout: float = 10):
         req = urllib.request.Request(f"{self.url}{path}", headers={**self.headers, **(headers or {})})

@@ -8,8 +8,9 @@ makes the pool replace a dead connection before the request uses it.
 
 A launch asks the location's code server for the execution plan, and so does the
 daemon when it retries a failed run. While that server restarts (new code, a crash) it
-does not listen for a few seconds: the launch failed with HTTP 500, the retry was lost
-for good (DagsterUserCodeUnreachableError, gRPC UNAVAILABLE). The calls a launch makes
+does not listen for a few seconds, and then forwards to a server still starting: the
+launch failed with HTTP 500, the retry was lost for good (DagsterUserCodeUnreachableError,
+gRPC UNAVAILABLE, then UNKNOWN "failed to connect"). The calls a launch makes
 are tried again for up to CODE_SERVER_RESTART_SECONDS while the server is not
 listening; health checks and workspace loads still fail fast.
 """
@@ -42,7 +43,17 @@ def restarting(method: str, error: DagsterUserCodeUnreachableError) -> bool:
     if method not in LAUNCH_METHODS:
         return False
     cause = error.__cause__
-    return isinstance(cause, grpc.RpcError) and cause.code() == grpc.StatusCode.UNAVAILABLE
+    if not isinstance(cause, grpc.RpcError):
+        return False
+    # Not listening yet, or listening (`dagster code-server start` is a proxy) while the
+    # server behind it is still starting: the proxy answers UNKNOWN, "failed to connect".
+    return cause.code() == grpc.StatusCode.UNAVAILABLE or (
+        cause.code() == grpc.StatusCode.UNKNOWN and "failed to connect" in (cause.details() or ""))
+
+
+def waiting(method: str, client) -> None:
+    print(f"{method}: code server {client._server_address} restarting, waiting for it (at most "
+          f"{CODE_SERVER_RESTART_SECONDS:.0f} s)", file=sys.stderr, flush=True)
 
 
 def wait_for_restarts(query):
@@ -54,6 +65,8 @@ def wait_for_restarts(query):
             except DagsterUserCodeUnreachableError as error:
                 if not restarting(method, error) or time.monotonic() > deadline:
                     raise
+                if deadline - time.monotonic() > CODE_SERVER_RESTART_SECONDS - 0.5:
+                    waiting(method, self)
             time.sleep(0.5)
 
     return retried
@@ -68,6 +81,8 @@ def gen_wait_for_restarts(query):
             except DagsterUserCodeUnreachableError as error:
                 if not restarting(method, error) or time.monotonic() > deadline:
                     raise
+                if deadline - time.monotonic() > CODE_SERVER_RESTART_SECONDS - 0.5:
+                    waiting(method, self)
             await asyncio.sleep(0.5)
 
     return retried

@@ -84,6 +84,13 @@ def test_a_run_fails_with_the_reason_when_its_code_server_is_killed(web, host):
     messages = web.run_messages(run_id)
     assert any("The run's worker is gone" in message for message in messages), messages
     assert host.check_output(f"systemctl show -P MainPID {UNIT}") not in (server, "0")
+    # Down for more than a few seconds, the location showed as unloaded; the webserver
+    # loads it again once the new server answers.
+    deadline = time.monotonic() + 120
+    while (entry := web.locations()["platform_alerts"])["locationOrLoadError"]["__typename"] != "RepositoryLocation" \
+            or entry["loadStatus"] != "LOADED":
+        assert time.monotonic() < deadline, entry
+        time.sleep(0.5)
     a_new_run_succeeds(web, host)
 
 

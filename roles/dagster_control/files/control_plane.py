@@ -51,22 +51,27 @@ def restarting(method: str, error: DagsterUserCodeUnreachableError) -> bool:
         cause.code() == grpc.StatusCode.UNKNOWN and "failed to connect" in (cause.details() or ""))
 
 
-def waiting(method: str, client) -> None:
-    print(f"{method}: code server {client._server_address} restarting, waiting for it (at most "
-          f"{CODE_SERVER_RESTART_SECONDS:.0f} s)", file=sys.stderr, flush=True)
+def keep_waiting(client, method: str, error: DagsterUserCodeUnreachableError, deadline: float, first: bool) -> bool:
+    """Whether to try the call again; says so in the journal the first time."""
+    if not restarting(method, error) or time.monotonic() > deadline:
+        return False
+    if first:
+        print(f"{method}: code server {client._server_address} restarting, waiting for it (at most "
+              f"{CODE_SERVER_RESTART_SECONDS:.0f} s)", file=sys.stderr, flush=True)
+    return True
 
 
 def wait_for_restarts(query):
     def retried(self, method, *args, **kwargs):
         deadline = time.monotonic() + CODE_SERVER_RESTART_SECONDS
+        first = True
         while True:
             try:
                 return query(self, method, *args, **kwargs)
             except DagsterUserCodeUnreachableError as error:
-                if not restarting(method, error) or time.monotonic() > deadline:
+                if not keep_waiting(self, method, error, deadline, first):
                     raise
-                if deadline - time.monotonic() > CODE_SERVER_RESTART_SECONDS - 0.5:
-                    waiting(method, self)
+            first = False
             time.sleep(0.5)
 
     return retried
@@ -75,14 +80,14 @@ def wait_for_restarts(query):
 def gen_wait_for_restarts(query):
     async def retried(self, method, *args, **kwargs):
         deadline = time.monotonic() + CODE_SERVER_RESTART_SECONDS
+        first = True
         while True:
             try:
                 return await query(self, method, *args, **kwargs)
             except DagsterUserCodeUnreachableError as error:
-                if not restarting(method, error) or time.monotonic() > deadline:
+                if not keep_waiting(self, method, error, deadline, first):
                     raise
-                if deadline - time.monotonic() > CODE_SERVER_RESTART_SECONDS - 0.5:
-                    waiting(method, self)
+            first = False
             await asyncio.sleep(0.5)
 
     return retried

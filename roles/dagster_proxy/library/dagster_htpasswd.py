@@ -63,13 +63,15 @@ def main():
         module.fail_json(msg="dagster_htpasswd needs passlib on the host (apt install python3-passlib)")
 
     path, rounds = module.params["path"], module.params["rounds"]
-    old = {}
+    current = None
     if os.path.exists(path):
         with open(path, encoding="utf-8") as handle:
-            for line in handle.read().splitlines():
-                name, sep, hashed = line.partition(":")
-                if sep:
-                    old[name] = hashed
+            current = handle.read()
+    old = {}
+    for line in (current or "").splitlines():
+        name, sep, hashed = line.partition(":")
+        if sep:
+            old[name] = hashed
 
     lines, rehashed = [], []
     for user in module.params["users"]:
@@ -86,11 +88,6 @@ def main():
     names = [user["name"] for user in module.params["users"]]
     removed = [name for name in old if name not in names]
     content = "".join(lines)
-
-    current = None
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as handle:
-            current = handle.read()
     changed = content != current
     if changed and not module.check_mode:
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".htpasswd.")

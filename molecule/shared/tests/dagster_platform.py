@@ -170,14 +170,18 @@ def inventory_dir() -> str:
     return str(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent)
 
 
-def run_site(*extra_args: str) -> subprocess.CompletedProcess:
-    """Run site.yml against the scenario's hosts exactly as a user would."""
+def run_playbook(playbook: str, *extra_args: str) -> subprocess.CompletedProcess:
+    """Run one of the project's playbooks against the scenario's hosts exactly as a user would."""
     env = dict(os.environ, ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                ANSIBLE_FORCE_COLOR="0")
     return subprocess.run(
-        ["ansible-playbook", "-i", inventory_dir(), str(PROJECT / "site.yml"), *extra_args],
+        ["ansible-playbook", "-i", inventory_dir(), str(PROJECT / playbook), *extra_args],
         cwd=PROJECT, env=env, text=True, capture_output=True, timeout=900,
     )
+
+
+def run_site(*extra_args: str) -> subprocess.CompletedProcess:
+    return run_playbook("site.yml", *extra_args)
 
 
 # MainPID of every dagster-* unit in one call; parsed by unit_main_pids().

@@ -1,0 +1,125 @@
+"""Day-2 operations: the status playbook, backups and the restore drill."""
+
+import json
+import time
+
+from dagster_platform import record, run_playbook
+
+BACKUP_DIR = "/var/backups/dagster"
+# Exact row counts of every table of a database, one "table count" line each.
+ROW_COUNTS = """SELECT table_name, (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I.%I',
+  table_schema, table_name), false, true, '')))[1]::text FROM information_schema.tables
+  WHERE table_schema NOT IN ('pg_catalog', 'information_schema') AND table_type = 'BASE TABLE' ORDER BY 1"""
+# The rows that belong to the runs created up to a moment (the daemon keeps writing
+# heartbeats and ticks, which a restore rightly takes back to the dump's time).
+RUN_ROWS = """SELECT (SELECT count(*) FROM runs WHERE create_timestamp <= '{t}'),
+  (SELECT count(*) FROM event_logs WHERE run_id IN (SELECT run_id FROM runs WHERE create_timestamp <= '{t}')),
+  (SELECT count(*) FROM run_tags WHERE run_id IN (SELECT run_id FROM runs WHERE create_timestamp <= '{t}'))"""
+
+
+def psql(host, database: str, query: str) -> str:
+    return host.check_output(f"runuser -u postgres -- psql -XAt -F ' ' -d {database} -c \"{query}\"")
+
+
+def status(*extra: str):
+    started = time.monotonic()
+    result = run_playbook("playbooks/status.yml", *extra)
+    return result, time.monotonic() - started
+
+
+def test_status_reports_health_and_names_what_is_down(host, web):
+    result, seconds = status()
+    assert result.returncode == 0, result.stdout[-3000:]
+    for line in ["unit dagster-webserver.service: active/running", "unit dagster-code@hello.service: active/running",
+                 "port 3000 (webserver): listening on 127.0.0.1", "location hello: LOADED",
+                 "daemon QUEUED_RUN_COORDINATOR: heartbeat", "runs: 0 queued", "database dagster:",
+                 "disk compute logs"]:
+        assert line in result.stdout, (line, result.stdout[-4000:])
+    assert "changed=0" in result.stdout and "PROBLEM" not in result.stdout, result.stdout[-4000:]
+    record("status_seconds", round(seconds, 1))
+
+    host.check_output("systemctl stop dagster-code@etl.service")
+    try:
+        result, _ = status()
+        assert result.returncode != 0, result.stdout[-4000:]
+        assert "PROBLEM: unit dagster-code@etl.service: inactive/dead" in result.stdout, result.stdout[-4000:]
+        assert "PROBLEM: port 4002 (code server etl): nothing listens" in result.stdout, result.stdout[-4000:]
+        # The fail message names what is wrong, and nothing else.
+        failed = [line for line in result.stdout.splitlines() if line.startswith("fatal:") or "msg:" in line]
+        assert any("dagster-code@etl.service" in line for line in failed), failed
+        assert "location hello: LOADED" in result.stdout
+    finally:
+        host.check_output("systemctl start dagster-code@etl.service")
+    assert web.wait_loaded()["etl"]["loadStatus"] == "LOADED"
+    result, _ = status()
+    assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_a_failed_dump_keeps_the_last_good_one_and_shows_in_status(host):
+    host.check_output("systemctl start pg-dump-dagster.service")
+    good = json.loads(host.file(f"{BACKUP_DIR}/status.json").content_string)
+    assert good["ok"] and good["last_success"] == good["last_attempt"]
+
+    failed = host.run(f"runuser -u postgres -- /usr/local/sbin/dagster-backup {BACKUP_DIR} 7 dagster no_such_db")
+    assert failed.rc == 1, failed.stderr
+    after = json.loads(host.file(f"{BACKUP_DIR}/status.json").content_string)
+    host.check_output(f"rm -rf {BACKUP_DIR}/no_such_db")
+    assert not after["ok"] and "no_such_db" in after["error"]
+    assert after["last_success"] == good["last_success"] and after["databases"] == good["databases"]
+    result, _ = status()
+    assert result.returncode != 0, result.stdout[-4000:]
+    assert "PROBLEM: backup: the last attempt" in result.stdout, result.stdout[-4000:]
+
+    # The next good run clears it, and keeps only the newest dumps of each database.
+    host.check_output(f"runuser -u postgres -- /usr/local/sbin/dagster-backup {BACKUP_DIR} 1 dagster warehouse")
+    for database in ("dagster", "warehouse"):
+        assert len(host.file(f"{BACKUP_DIR}/{database}").listdir()) == 1, database
+    result, _ = status()
+    assert "PROBLEM" not in result.stdout, result.stdout[-4000:]
+
+
+def test_restore_drill_brings_back_every_run_and_row(host, web):
+    runs = [web.launch("hello", "hello_job") for _ in range(2)]
+    assert [web.wait_run(run) for run in runs] == ["SUCCESS", "SUCCESS"]
+    moment = psql(host, "dagster", "SELECT max(create_timestamp) FROM runs")
+    before = {"dagster": psql(host, "dagster", RUN_ROWS.format(t=moment)),
+              "warehouse": psql(host, "warehouse", ROW_COUNTS)}
+    assert int(before["dagster"].split()[0]) >= 2 and int(before["dagster"].split()[1]) > 0
+
+    host.check_output("systemctl start pg-dump-dagster.service")
+    dumped = json.loads(host.file(f"{BACKUP_DIR}/status.json").content_string)
+    record("backup_seconds", dumped["seconds"])
+    record("backup_bytes", {name: d["bytes"] for name, d in dumped["databases"].items()})
+
+    # The disaster: both databases gone.
+    host.check_output("runuser -u postgres -- dropdb --force dagster")
+    host.check_output("runuser -u postgres -- dropdb --force warehouse")
+    broken, _ = status()
+    assert broken.returncode != 0 and "PROBLEM: database dagster: missing" in broken.stdout, broken.stdout[-4000:]
+
+    started = time.monotonic()
+    result = run_playbook("playbooks/restore.yml")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    record("restore_seconds", round(time.monotonic() - started, 1))
+    assert f"Restoring the dumps of {dumped['stamp']}" in result.stdout
+
+    assert psql(host, "dagster", RUN_ROWS.format(t=moment)) == before["dagster"]
+    assert psql(host, "warehouse", ROW_COUNTS) == before["warehouse"]
+    assert not psql(host, "postgres", "SELECT datname FROM pg_database WHERE datname LIKE '%__restoring'")
+    assert psql(host, "postgres", "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'warehouse'") == "warehouse"
+    entries = web.wait_loaded()
+    assert all(e["loadStatus"] == "LOADED" for e in entries.values()), entries
+    assert [web.run_status(run) for run in runs] == ["SUCCESS", "SUCCESS"]
+    assert web.wait_run(web.launch("hello", "hello_job")) == "SUCCESS"
+    healthy, _ = status()
+    assert healthy.returncode == 0, healthy.stdout[-3000:]
+
+
+def test_restore_refuses_an_unknown_stamp_before_stopping_anything(host):
+    pids = host.check_output("systemctl show -P MainPID dagster-webserver.service dagster-code@hello.service")
+    result = run_playbook("playbooks/restore.yml", "-e", "dagster_postgresql_restore_stamp=20000101T000000Z")
+    assert result.returncode != 0
+    said = " ".join(result.stdout.split())  # the message as one line, however the callback wraps it
+    assert 'No dump of every database has the stamp "20000101T000000Z"' in said
+    assert "set dagster_postgresql_restore_stamp to one of" in said
+    assert host.check_output("systemctl show -P MainPID dagster-webserver.service dagster-code@hello.service") == pids

@@ -3,7 +3,8 @@
 Run by playbooks/status.yml (ansible.builtin.script, as root, standard library only):
 
     dagster_status.py '{"units": [...], "ports": [...], "webserver": URL, "backup_dir": DIR,
-                        "backup_max_age_hours": N, "databases": [...], "dagster_home": DIR}'
+                        "backup_max_age_hours": N, "databases": [...], "dagster_home": DIR,
+                        "run_retention_file": FILE}'
 
 Every key is optional; each present one adds its lines, and a problem for what is
 unhealthy. Reads only: nothing on the host changes.
@@ -167,6 +168,24 @@ def backups(report: Report, directory: str, max_age_hours: float) -> None:
                        "see journalctl -u pg-dump-dagster")
 
 
+def retention(report: Report, path: str) -> None:
+    try:
+        summary = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        report.line("retention: no pass yet (dagster-run-retention.timer makes the first)")
+        return
+    except (OSError, ValueError) as error:
+        report.problem(f"retention: {path} unreadable ({error})")
+        return
+    when = datetime.datetime.fromisoformat(summary["last_pass"]).timestamp()
+    text = (f"retention: last pass {summary['last_pass']} ({age(time.time() - when)} ago) deleted "
+            f"{summary['deleted']} runs finished before {summary['cutoff']}")
+    if time.time() - when > 2 * DAY:
+        report.problem(text + "; none since: see journalctl -u dagster-run-retention")
+    else:
+        report.line(text)
+
+
 def databases(report: Report, names: list[str]) -> None:
     query = ("SELECT datname, pg_database_size(datname) FROM pg_database WHERE datname IN ("
              + ", ".join("'" + name.replace("'", "''") + "'" for name in names) + ") ORDER BY 1")
@@ -206,6 +225,8 @@ def main() -> int:
         ports(report, wanted["ports"])
     if wanted.get("webserver"):
         webserver(report, wanted["webserver"])
+    if wanted.get("run_retention_file"):
+        retention(report, wanted["run_retention_file"])
     if wanted.get("databases"):
         databases(report, wanted["databases"])
     if wanted.get("backup_dir"):

@@ -9,7 +9,7 @@ HELLO = {"name": "extra", "source": "code_locations/hello", "module": "hello.def
 # Files and folders the platform owns; runtime data under /var/lib/dagster is left out.
 SNAPSHOT = (
     "find /etc/dagster /opt/dagster /etc/systemd/system /etc/postgresql /usr/local/share/ca-certificates "
-    "/etc/ansible/facts.d /etc/nginx "
+    "/etc/ansible/facts.d /etc/nginx /etc/tmpfiles.d /usr/local/sbin "
     "-printf '%p %s %m %u %T@\\n' | sort | sha256sum"
 )
 
@@ -51,6 +51,17 @@ SETTING_CASES = {
                             "dagster_proxy_password_hash_rounds must be between 1000 and 999999999"),
     "negative-drain": ({"dagster_code_drain_timeout_seconds": -1},
                        "dagster_code_drain_timeout_seconds must be 0 (no wait for runs in flight) or more seconds"),
+    "backup-time-not-a-calendar": ({"dagster_postgresql_backup_on_calendar": "every night"},
+                                   'dagster_postgresql_backup_on_calendar "every night" is not a systemd calendar expression'),
+    "backup-folder-relative": ({"dagster_postgresql_backup_dir": "backups"},
+                               "dagster_postgresql_backup_dir must be an absolute folder path other than /"),
+    "backups-kept-zero": ({"dagster_postgresql_backup_keep": 0}, "dagster_postgresql_backup_keep must be 1 or more, got 0"),
+    "retention-negative": ({"dagster_run_retention_days": -1},
+                           "dagster_run_retention_days must be 0 (keep every run) or a number of days, got -1"),
+    "retention-time-not-a-calendar": ({"dagster_control_run_retention_on_calendar": "nightly at 3"},
+                                      'dagster_control_run_retention_on_calendar "nightly at 3" is not a systemd calendar'),
+    "retention-batch-zero": ({"dagster_control_run_retention_batch_size": 0},
+                             "dagster_control_run_retention_batch_size must be 1 to 10000, got 0"),
 }
 
 

@@ -22,8 +22,11 @@ def psql(host, database: str, query: str) -> str:
 
 
 def status(*extra: str):
+    """The status playbook's run, with its output as one line of words (however the
+    callback wraps long lines), and its duration."""
     started = time.monotonic()
     result = run_playbook("playbooks/status.yml", *extra)
+    result.stdout = " ".join(result.stdout.split())
     return result, time.monotonic() - started
 
 
@@ -45,8 +48,8 @@ def test_status_reports_health_and_names_what_is_down(host, web):
         assert "PROBLEM: unit dagster-code@etl.service: inactive/dead" in result.stdout, result.stdout[-4000:]
         assert "PROBLEM: port 4002 (code server etl): nothing listens" in result.stdout, result.stdout[-4000:]
         # The fail message names what is wrong, and nothing else.
-        failed = [line for line in result.stdout.splitlines() if line.startswith("fatal:") or "msg:" in line]
-        assert any("dagster-code@etl.service" in line for line in failed), failed
+        failure = result.stdout.split("fatal:", 1)[-1]
+        assert f"{host.backend.get_hostname()}: unit dagster-code@etl.service: inactive/dead" in failure, failure
         assert "location hello: LOADED" in result.stdout
     finally:
         host.check_output("systemctl start dagster-code@etl.service")
@@ -123,3 +126,36 @@ def test_restore_refuses_an_unknown_stamp_before_stopping_anything(host):
     assert 'No dump of every database has the stamp "20000101T000000Z"' in said
     assert "set dagster_postgresql_restore_stamp to one of" in said
     assert host.check_output("systemctl show -P MainPID dagster-webserver.service dagster-code@hello.service") == pids
+
+
+def test_run_retention_deletes_only_old_finished_runs(host, web):
+    old = [web.launch("hello", "hello_job") for _ in range(12)]
+    fresh = web.launch("hello", "hello_job")
+    assert {web.wait_run(run) for run in old + [fresh]} == {"SUCCESS"}
+    in_flight, gate = web.launch_gated()
+    ids = ", ".join(f"'{run}'" for run in old + [in_flight])
+    # 40 days ago, as far as the database knows; the lab keeps runs 30 days.
+    psql(host, "dagster", f"UPDATE runs SET update_timestamp = (now() AT TIME ZONE 'utc') - interval '40 days' "
+                          f"WHERE run_id IN ({ids})")
+    assert int(psql(host, "dagster", f"SELECT count(*) FROM event_logs WHERE run_id IN ({ids})")) > 0
+    assert all(host.file(f"/var/lib/dagster/compute_logs/{run}").is_directory for run in old)
+
+    host.check_output("systemctl start dagster-run-retention.service")
+    summary = json.loads(host.file("/var/lib/dagster/run_retention.json").content_string)
+    assert summary["deleted"] == len(old), summary
+    record("run_retention", summary)
+
+    old_ids = ", ".join(f"'{run}'" for run in old)
+    assert psql(host, "dagster", f"SELECT count(*) FROM runs WHERE run_id IN ({old_ids})") == "0"
+    assert psql(host, "dagster", f"SELECT count(*) FROM event_logs WHERE run_id IN ({old_ids})") == "0"
+    assert not any(host.file(f"/var/lib/dagster/compute_logs/{run}").exists for run in old)
+    assert web.gql("query($id: ID!) { runOrError(runId: $id) { __typename } }",
+                   {"id": old[0]})["runOrError"]["__typename"] == "RunNotFoundError"
+    # The recent run and the one still running, though it looks old, are kept.
+    assert web.run_status(fresh) == "SUCCESS" and web.run_messages(fresh)
+    assert host.file(f"/var/lib/dagster/compute_logs/{fresh}").is_directory
+    assert web.run_status(in_flight) == "STARTED"
+    host.check_output(f"touch {gate}")
+    assert web.wait_run(in_flight) == "SUCCESS"
+    host.check_output(f"rm -f {gate}")
+    assert "retention: last pass" in status()[0].stdout

@@ -71,6 +71,8 @@ lab: toolchain
 	@echo
 	@echo "Dagster UI: $(LAB_URL)  (self-signed certificate; user admin,"
 	@echo "            password: sudo cat /var/lib/dagster-lab/secrets/ui_password)"
+	@echo "Read-only:  the same URL as user viewer, password: sudo cat /var/lib/dagster-lab/secrets/viewer_password"
+	@echo "Health:     ansible-playbook -i $(LAB_INVENTORY) playbooks/status.yml"
 	@[ -z "$(LAB_STANDINS_URL)" ] || echo "Stand-ins for outside services: $(LAB_STANDINS_URL)  (alerts received: $(LAB_STANDINS_URL)/alerts/received)"
 	@echo "Inside a host: python3 files/lab/lab.py shell $(firstword $(subst =, ,$(lastword $(LAB_HOSTS)))) -- systemctl status 'dagster-*'"
 

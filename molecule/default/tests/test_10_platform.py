@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from dagster_platform import reboot, record
+from dagster_platform import LAB_SECRETS, reboot, record
 
 GRPC = {"hello": 4000, "assets_quickstart": 4001, "etl": 4002, "http_task": 4003, "nyc_taxi": 4004, "chat": 4005,
         "platform_alerts": 4006}
@@ -29,7 +29,8 @@ JOBS = {
     "chat": "chat_job",
 }
 LOCATIONS = sorted(set(JOBS) | set(GRPC))
-UNITS = ["postgresql.service", "dagster-webserver.service", "dagster-daemon.service"] + [
+UNITS = ["postgresql.service", "dagster-webserver.service", "dagster-daemon.service",
+         "dagster-webserver-read-only.service"] + [
     f"dagster-code@{name}.service" for name in GRPC
 ]
 
@@ -48,6 +49,8 @@ def test_ports_bound_where_intended(host):
     assert not re.search(r"\s(0\.0\.0\.0|\*|\[::\]):5432\s", listening), "PostgreSQL must not listen on all addresses"
     assert re.search(r"\s127\.0\.0\.1:3000\s", listening), "webserver on loopback only"
     assert not re.search(rf"\s(0\.0\.0\.0|\*|\[::\]|{re.escape(address)}):3000\s", listening)
+    assert re.search(r"\s127\.0\.0\.1:3001\s", listening), "read-only webserver on loopback only"
+    assert not re.search(rf"\s(0\.0\.0\.0|\*|\[::\]|{re.escape(address)}):3001\s", listening)
     assert re.search(r"\s(0\.0\.0\.0|\*):443\s", listening), "nginx serves https"
     for name, port in GRPC.items():
         assert re.search(rf"127\.0\.0\.1\]?:{port}\s", listening), f"{name} gRPC on loopback"
@@ -73,6 +76,34 @@ def test_proxy_requires_the_login(web):
     assert refused.value.code == 401
     with web.get("/runs") as page:
         assert page.status == 200 and b"<html" in page.read().lower()
+
+
+VIEWER_CAN = "{ permissions { permission value } }"
+LAUNCH_HELLO = """mutation { launchRun(executionParams: {selector: {repositoryLocationName: "hello",
+  repositoryName: "__repository__", jobName: "hello_job"}}) { __typename } }"""
+DELETE_RUN = "mutation($id: String!) { deleteRun(runId: $id) { __typename } }"
+RUN_COUNT = "{ runsOrError { ... on Runs { count } } }"
+
+
+def test_a_viewer_sees_everything_and_can_change_nothing(web):
+    viewer = web.as_user("viewer", (LAB_SECRETS / "viewer_password").read_text().strip())
+    assert {name: e["loadStatus"] for name, e in viewer.locations().items()} == \
+        {name: "LOADED" for name in LOCATIONS}
+    run_id = web.launch("hello", "hello_job")
+    assert web.wait_run(run_id) == "SUCCESS"
+    assert viewer.run_status(run_id) == "SUCCESS" and viewer.run_messages(run_id)
+    assert viewer.gql(RUN_COUNT) == web.gql(RUN_COUNT)
+    allowed = {p["permission"]: p["value"] for p in viewer.gql(VIEWER_CAN)["permissions"]}
+    assert not any(allowed.values()), allowed
+    assert viewer.gql(LAUNCH_HELLO)["launchRun"]["__typename"] == "UnauthorizedError"
+    assert viewer.gql(DELETE_RUN, {"id": run_id})["deleteRun"]["__typename"] == "UnauthorizedError"
+    assert web.run_status(run_id) == "SUCCESS"
+    # An operator's login on the same URL reaches the full webserver.
+    assert all(p["value"] for p in web.gql(VIEWER_CAN)["permissions"]
+               if p["permission"] in ("launch_pipeline_execution", "delete_pipeline_run"))
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        web.as_user("viewer", "wrong-password").gql(RUN_COUNT)
+    assert refused.value.code == 401
 
 
 def test_proxy_sends_security_headers_and_modern_tls_only(web):

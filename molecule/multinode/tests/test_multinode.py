@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import testinfra
 import yaml
-from dagster_platform import ARTIFACTS, LAB_SECRETS, PROJECT, reboot, recap, record, run_site
+from dagster_platform import ARTIFACTS, LAB_SECRETS, PROJECT, reboot, recap, record, run_playbook, run_site
 
 # `host` is the control host; the others come from their groups.
 testinfra_hosts = ["ansible://dagster_control"]
@@ -142,6 +142,20 @@ def test_every_location_loaded(web):
 ])
 def test_job_reaches_success(web, location, job):
     assert web.wait_run(web.launch(location, job)) == "SUCCESS", location
+
+
+def test_status_covers_every_host(host, db, code1, code2):
+    """One command reports each host's own part, with the database and backups on the
+    database host and the locations' load status from the control host."""
+    result = run_playbook("playbooks/status.yml")
+    said = " ".join(result.stdout.split())
+    assert result.returncode == 0, said[-4000:]
+    assert "PROBLEM" not in said
+    assert re.search(rf"ok: \[{name(db)}\] => msg: - 'unit postgresql@\d+-main.service: active/running", said), said[-4000:]
+    for h in (code1, code2):
+        assert re.search(rf"ok: \[{name(h)}\] => msg: - 'unit dagster-code@\w+.service: active/running", said), name(h)
+    assert "location hello: LOADED" in said and "database dagster:" in said
+    assert "unit dagster-webserver-read-only.service: active/running" in said
 
 
 def test_every_host_rebooted_at_once_comes_back(web, host, db, code1, code2, outsider):

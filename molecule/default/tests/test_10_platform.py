@@ -222,7 +222,8 @@ def test_postgresql_comes_back_after_a_crash(web, host):
     host.run_test(f"kill -KILL {crashed}")
     started = time.monotonic()
     while host.check_output(f"systemctl show -P MainPID {unit}") in (crashed, "0") or not host.service(unit).is_running:
-        assert time.monotonic() - started < 15, "no new postmaster 15 s after a crash:\n" + host.check_output(
+        # Its start includes crash recovery: 5-8 s usually, over 15 s once with three scenarios at once.
+        assert time.monotonic() - started < 30, "no new postmaster 30 s after a crash:\n" + host.check_output(
             f"journalctl -u {unit} -n 20 --no-pager")
         time.sleep(0.2)
     record("postgresql_crash_to_new_postmaster_seconds", round(time.monotonic() - started, 1))

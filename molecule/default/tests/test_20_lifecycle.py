@@ -208,7 +208,7 @@ def test_a_login_removed_from_the_inventory_stops_working(host, web, tmp_path):
     result = run_site("-e", f"@{extra}")
     assert result.returncode == 0, result.stdout[-4000:]
     lines = host.file("/etc/nginx/dagster/htpasswd").content_string.splitlines()
-    assert [line.split(":")[0] for line in lines] == ["admin", "visitor"]
+    assert [line.split(":")[0] for line in lines] == ["admin", "visitor", "viewer"]  # viewers follow the users
     assert all(line.split(":", 1)[1].startswith("$6$rounds=656000$") for line in lines)
     as_visitor = web.as_user(visitor["name"], visitor["password"])
     with as_visitor.get("/server_info") as response:
@@ -219,7 +219,7 @@ def test_a_login_removed_from_the_inventory_stops_working(host, web, tmp_path):
     result = run_site()
     assert result.returncode == 0, result.stdout[-4000:]
     lines = host.file("/etc/nginx/dagster/htpasswd").content_string.splitlines()
-    assert [line.split(":")[0] for line in lines] == ["admin"]
+    assert [line.split(":")[0] for line in lines] == ["admin", "viewer"]
     assert lines[0].startswith("admin:$6$") and "rounds=" not in lines[0]  # 5000: crypt's implicit default
     with pytest.raises(urllib.error.HTTPError) as refused:
         as_visitor.get("/server_info")

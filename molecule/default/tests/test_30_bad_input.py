@@ -46,7 +46,7 @@ def test_bad_location_fails_before_any_change(host, tmp_path, case):
 
 SETTING_CASES = {
     "login-name-with-a-colon": ({"dagster_proxy_users": [{"name": "ad:min", "password": "a-long-enough-password"}]},
-                                "dagster_proxy_users: each name must be unique and 1 to 64 letters"),
+                                "dagster_proxy_users and dagster_proxy_viewers: each name must be unique across both"),
     "hash-rounds-too-few": ({"dagster_proxy_password_hash_rounds": 10},
                             "dagster_proxy_password_hash_rounds must be between 1000 and 999999999"),
     "negative-drain": ({"dagster_code_drain_timeout_seconds": -1},

@@ -53,6 +53,12 @@ def test_status_reports_health_and_names_what_is_down(host, web):
         assert "location hello: LOADED" in result.stdout
     finally:
         host.check_output("systemctl start dagster-code@etl.service")
+    # The webserver may still show the stopped server's location as loaded: wait for the
+    # new server's port first, then for the location.
+    deadline = time.monotonic() + 120
+    while ":4002 " not in host.check_output("ss -Hltn"):
+        assert time.monotonic() < deadline, "etl's code server did not listen again in 120 s"
+        time.sleep(0.5)
     assert web.wait_loaded()["etl"]["loadStatus"] == "LOADED"
     result, _ = status()
     assert result.returncode == 0, result.stdout[-3000:]
@@ -159,3 +165,17 @@ def test_run_retention_deletes_only_old_finished_runs(host, web):
     assert web.wait_run(in_flight) == "SUCCESS"
     host.check_output(f"rm -f {gate}")
     assert "retention: last pass" in status()[0].stdout
+
+
+def test_compute_logs_left_on_a_host_age_out(host):
+    """What runs left in compute_logs (on a code host, the control host deletes only its
+    own) goes after dagster_run_retention_days without a write; recent logs stay."""
+    base = "/var/lib/dagster/compute_logs"
+    host.check_output(f"install -d -o dagster -g dagster {base}/old-run/compute_logs {base}/new-run/compute_logs")
+    host.check_output(f"touch {base}/new-run/compute_logs/step.out && touch -d '40 days ago' {base}/old-run/compute_logs/step.out")
+    host.check_output("systemd-tmpfiles --clean /etc/tmpfiles.d/dagster-compute-logs.conf")
+    try:
+        assert not host.file(f"{base}/old-run/compute_logs/step.out").exists
+        assert host.file(f"{base}/new-run/compute_logs/step.out").exists
+    finally:
+        host.check_output(f"rm -rf {base}/old-run {base}/new-run")

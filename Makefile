@@ -99,7 +99,7 @@ locations-pytest:
 
 # Three lanes side by side (2 cores, but much of a scenario waits on its hosts and their
 # runs), each scenario's log in artifacts/; a failed lane prints the end of its log.
-MOLECULE_LANES := default multinode,upgrade bookworm,pristine
+MOLECULE_LANES := default multinode,upgrade,pristine bookworm
 test-molecule: toolchain
 	$(MAKE) host-packages EXTRA_PACKAGES="$(TEST_PACKAGES)"
 	command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null

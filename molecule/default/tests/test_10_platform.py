@@ -106,6 +106,36 @@ def test_a_viewer_sees_everything_and_can_change_nothing(web):
     assert refused.value.code == 401
 
 
+def test_repeated_failed_logins_ban_the_address(web, host):
+    """fail2ban bans the address after the lab's 5 wrong passwords: even the right login is refused then."""
+    wrong = web.as_user("admin", "wrong-password")
+    try:
+        for _ in range(5):  # fewer reach nginx if earlier tests' failures still count
+            try:
+                wrong.get("/server_info", timeout=5)
+            except urllib.error.HTTPError as refused:
+                assert refused.code == 401
+            except urllib.error.URLError:
+                break  # banned already
+        deadline = time.monotonic() + 30
+        while not (banned := banned_addresses(host)) and time.monotonic() < deadline:
+            time.sleep(0.5)  # fail2ban reads the log as nginx writes it
+        assert len(banned) == 1, banned
+        with pytest.raises(urllib.error.URLError) as blocked:
+            web.get("/server_info", timeout=5)
+        assert not isinstance(blocked.value, urllib.error.HTTPError), blocked.value  # refused before nginx
+    finally:
+        for address in banned_addresses(host):
+            host.check_output(f"fail2ban-client set dagster-login unbanip {address}")
+    with web.get("/server_info") as response:
+        assert response.status == 200
+
+
+def banned_addresses(host) -> list[str]:
+    status = host.check_output("fail2ban-client status dagster-login")
+    return re.search(r"Banned IP list:\s*(.*)", status).group(1).split()
+
+
 def test_proxy_sends_security_headers_and_modern_tls_only(web):
     with web.get("/server_info") as response:
         headers = response.headers

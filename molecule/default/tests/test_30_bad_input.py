@@ -9,7 +9,7 @@ HELLO = {"name": "extra", "source": "code_locations/hello", "module": "hello.def
 # Files and folders the platform owns; runtime data under /var/lib/dagster is left out.
 SNAPSHOT = (
     "find /etc/dagster /opt/dagster /etc/systemd/system /etc/postgresql /usr/local/share/ca-certificates "
-    "/etc/ansible/facts.d /etc/nginx /etc/tmpfiles.d /usr/local/sbin "
+    "/etc/ansible/facts.d /etc/nginx /etc/fail2ban /etc/tmpfiles.d /usr/local/sbin "
     "-printf '%p %s %m %u %T@\\n' | sort | sha256sum"
 )
 
@@ -60,6 +60,10 @@ SETTING_CASES = {
                            "dagster_run_retention_days must be 0 (keep every run) or a number of days, got -1"),
     "retention-time-not-a-calendar": ({"dagster_control_run_retention_on_calendar": "nightly at 3"},
                                       'dagster_control_run_retention_on_calendar "nightly at 3" is not a systemd calendar'),
+    "ban-ignore-not-an-address": ({"dagster_proxy_login_ban_ignore": ["10.1.2.0/24", "office-vpn"]},
+                                  'dagster_proxy_login_ban_ignore a list of IP addresses or CIDR networks (not ["office-vpn"])'),
+    "ban-window-too-short": ({"dagster_proxy_login_ban_window_seconds": 5},
+                             "dagster_proxy_login_ban_window_seconds 60 to 86400"),
     "retention-batch-zero": ({"dagster_control_run_retention_batch_size": 0},
                              "dagster_control_run_retention_batch_size must be 1 to 10000, got 0"),
 }

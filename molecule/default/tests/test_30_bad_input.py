@@ -1,5 +1,8 @@
 """Bad inventory input fails before anything on the host changes, saying what to fix."""
 
+import os
+from pathlib import Path
+
 import pytest
 import yaml
 from dagster_platform import PROJECT, run_site
@@ -28,6 +31,20 @@ CASES = {
     "memory-not-a-size": ([dict(HELLO, memory_max="2 GB")], 'location "extra": memory_max "2 GB" is not a size'),
     "env-placeholder": ([dict(HELLO, env={"OPENAI_API_KEY": "CHANGE-ME"})],
                         'location "extra": env OPENAI_API_KEY is still the example placeholder CHANGE-ME'),
+    # Forms: every bad entry is named in the one message.
+    "forms": ([dict(HELLO, name="x" * 64, port=4010),
+               dict(HELLO, name="bad_module", module="hello.definitions; rm", port=4011),
+               dict(HELLO, name="bad_bind", bind="code-host", port=4012),
+               dict(HELLO, name="platform_env", env={"DAGSTER_HOME": "/tmp"}, port=4014),
+               dict(HELLO, name="two_lines", env={"GREETING": "hello\nworld"}, port=4015),
+               {"name": "bad_file", "type": "python_file", "source": "code_locations/file_example",
+                "file": "../file_example/src/file_example/definitions.py"}],
+              [f'location "{"x" * 64}": the name is 64 characters long: keep it to 63 or fewer',
+               'location "bad_module": module "hello.definitions; rm" is not a Python module path',
+               'location "bad_bind": bind "code-host" is not an IPv4 or IPv6 address',
+               'location "platform_env": env DAGSTER_HOME is set by the platform: remove it from env.',
+               'location "two_lines": env GREETING holds a newline or another control character',
+               'location "bad_file": file "../file_example/src/file_example/definitions.py" must be a .py path relative']),
 }
 
 
@@ -39,7 +56,9 @@ def test_bad_location_fails_before_any_change(host, tmp_path, case):
     before = host.check_output(SNAPSHOT)
     result = run_site("-e", f"@{extra}")
     assert result.returncode != 0
-    assert message.format(host=host.backend.get_hostname()) in result.stdout, result.stdout[-3000:]
+    said = " ".join(result.stdout.split())  # the message as one line, however the callback wraps it
+    for sentence in [message] if isinstance(message, str) else message:
+        assert sentence.format(host=host.backend.get_hostname()) in said, result.stdout[-3000:]
     assert "changed=0" in result.stdout.split("PLAY RECAP")[-1]
     assert host.check_output(SNAPSHOT) == before
 
@@ -64,6 +83,37 @@ SETTING_CASES = {
                                   'dagster_proxy_login_ban_ignore a list of IP addresses or CIDR networks (not ["office-vpn"])'),
     "ban-window-too-short": ({"dagster_proxy_login_ban_window_seconds": 5},
                              "dagster_proxy_login_ban_window_seconds 60 to 86400"),
+    "platform-forms": ({"dagster_user": "Dagster", "dagster_home_dir": "var/lib/dagster", "dagster_python_index_url": "pypi/simple",
+                        "dagster_db_host": "db_1.example", "dagster_db_port": 5433, "dagster_webserver_port": 80,
+                        "dagster_warehouse_db_name": "warehouse-db"},
+                       ['dagster_user "Dagster" is not a Linux account name',
+                        'dagster_home_dir "var/lib/dagster" must be an absolute folder other than /',
+                        'dagster_python_index_url "pypi/simple" is not an http(s) URL',
+                        'dagster_db_host "db_1.example" is not a host name or IPv4 address',
+                        "dagster_db_port must be a port from 1 to 65535, and 5432 while dagster_db installs PostgreSQL",
+                        "dagster_webserver_port must be a port from 1024 to 65535 (the webserver runs without privileges), got 80.",
+                        'dagster_warehouse_db_name "warehouse-db" is not a PostgreSQL name']),
+    "grpc-sources-not-addresses": ({"dagster_code_grpc_allowed_sources": ["control.example"]},
+                                   'dagster_code_grpc_allowed_sources must list IPv4 or IPv6 addresses'),
+    "control-forms": ({"dagster_control_webserver_bind": "localhost", "dagster_control_ready_timeout_seconds": 5,
+                       "dagster_control_webserver_path_prefix": "/dag ster"},
+                      ['dagster_control_webserver_bind "localhost" must be an IPv4 address',
+                       'dagster_control_webserver_path_prefix "/dag ster" must be empty or /segments',
+                       "dagster_control_ready_timeout_seconds must be 10 to 3600, got 5."]),
+    "host-forms": ({"dagster_host_uv_version": "latest", "dagster_host_packages": ["python3", "Python3 venv"]},
+                   ['dagster_host_uv_version "latest" is not a uv release number',
+                    'dagster_host_packages: ["Python3 venv"] are not Debian package names']),
+    "instance-forms": ({"dagster_instance_env": {"DAGSTER_HOME": "/tmp", "2FA": "x"}, "dagster_instance_tick_retention_days": 0},
+                       ["dagster_instance_tick_retention_days must be 1 or more, got 0.",
+                        "dagster_instance_env DAGSTER_HOME is set by the platform",
+                        'dagster_instance_env key "2FA" is not an environment variable name']),
+    "postgresql-forms": ({"dagster_postgresql_clients": ["10.77.0.0/24"], "dagster_postgresql_backup_max_age_hours": 0},
+                         ['dagster_postgresql_clients: ["10.77.0.0/24"] are not IPv4 or IPv6 addresses without a mask',
+                          "dagster_postgresql_backup_max_age_hours must be 1 or more, got 0."]),
+    "proxy-forms": ({"dagster_proxy_server_name": "dagster lab", "dagster_proxy_self_signed_days": 3650, "dagster_proxy_port": 4000},
+                    ["dagster_proxy_port must be a port from 1 to 65535 that no location of this host uses, got 4000.",
+                     'dagster_proxy_server_name "dagster lab" is not a host name or IP address',
+                     "dagster_proxy_self_signed_days must be 1 to 825 (browsers refuse longer), got 3650."]),
     "retention-batch-zero": ({"dagster_control_run_retention_batch_size": 0},
                              "dagster_control_run_retention_batch_size must be 1 to 10000, got 0"),
 }
@@ -77,7 +127,27 @@ def test_bad_setting_fails_before_any_change(host, tmp_path, case):
     before = host.check_output(SNAPSHOT)
     result = run_site("-e", f"@{extra}")
     assert result.returncode != 0
-    assert message in result.stdout, result.stdout[-3000:]
+    said = " ".join(result.stdout.split())
+    for sentence in [message] if isinstance(message, str) else message:
+        assert sentence in said, result.stdout[-3000:]
+    assert "changed=0" in result.stdout.split("PLAY RECAP")[-1]
+    assert host.check_output(SNAPSHOT) == before
+
+
+def test_a_second_control_host_fails_before_any_change(host, tmp_path):
+    """The same machine under a second name in dagster_control: one webserver and daemon per database."""
+    name = host.backend.get_hostname()
+    molecule_hosts = yaml.safe_load(Path(os.environ["MOLECULE_INVENTORY_FILE"]).read_text())["all"]["hosts"]
+    extra = tmp_path / "second-control.yml"
+    extra.write_text(yaml.safe_dump({"all": {"children": {"dagster_control": {"hosts": {
+        "second-control": molecule_hosts[name]}}}}}))
+    before = host.check_output(SNAPSHOT)
+    result = run_site("-i", str(extra))
+    assert result.returncode != 0
+    said = " ".join(result.stdout.split())
+    assert f'dagster_control has 2 hosts ["{name}", "second-control"]' in said or \
+        f'dagster_control has 2 hosts ["second-control", "{name}"]' in said, result.stdout[-3000:]
+    assert "put exactly one host in dagster_control" in said
     assert "changed=0" in result.stdout.split("PLAY RECAP")[-1]
     assert host.check_output(SNAPSHOT) == before
 

@@ -227,6 +227,24 @@ def main_pids(h, units):
     return {unit: h.check_output(f"systemctl show -P MainPID {unit}") for unit in units}
 
 
+def test_a_code_server_bound_to_loopback_on_a_code_host_is_refused(host, code1, tmp_path):
+    """The control host could not reach it: the preflight says so before anything changes."""
+    locations = yaml.safe_load((PROJECT / "inventory/lab-multinode/group_vars/all/locations.yml").read_text())
+    locations["dagster_locations"].append({"name": "unreachable", "source": "code_locations/hello",
+                                           "module": "hello.definitions", "host": name(code1), "port": 4010,
+                                           "bind": "127.0.0.1"})
+    extra = tmp_path / "locations.yml"
+    extra.write_text(yaml.safe_dump(locations))
+    before = code1.check_output("find /etc/dagster /opt/dagster /etc/systemd/system -printf '%p %s %T@\\n' | sort | sha256sum")
+    result = run_site("-e", f"@{extra}")
+    assert result.returncode != 0
+    said = " ".join(result.stdout.split())
+    assert (f'location "unreachable": bind 127.0.0.1 on {name(code1)} cannot be reached from the control host: '
+            "bind the host's private address, or leave bind unset.") in said, result.stdout[-3000:]
+    assert all(counts["changed"] == 0 for counts in recap(result.stdout).values())
+    assert code1.check_output("find /etc/dagster /opt/dagster /etc/systemd/system -printf '%p %s %T@\\n' | sort | sha256sum") == before
+
+
 def test_adding_a_code_host_is_inventory_only(host, db, code1, code2, outsider, web, tmp_path):
     """Last: the outsider joins dagster_code with a location of its own; nothing else restarts
     but the daemon, which a changed workspace restarts so that it knows the new location."""

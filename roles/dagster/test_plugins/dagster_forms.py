@@ -57,11 +57,6 @@ def python_module(value) -> bool:
     return all(_PYTHON_NAME.match(part) for part in str(value).split("."))
 
 
-def python_name(value) -> bool:
-    """One Python identifier (an attribute of a module)."""
-    return bool(_PYTHON_NAME.match(str(value)))
-
-
 def absolute_path(value) -> bool:
     """An absolute, normalised path without whitespace (systemd and YAML quote nothing)."""
     text = str(value)
@@ -78,6 +73,5 @@ class TestModule:
             "dagster_port": port,
             "dagster_env_name": env_name,
             "dagster_python_module": python_module,
-            "dagster_python_name": python_name,
             "dagster_absolute_path": absolute_path,
         }

@@ -1,5 +1,7 @@
 import logging
 import threading
+import time
+import uuid
 
 import dagster as dg
 import pytest
@@ -95,10 +97,22 @@ def test_the_memory_drill_holds_what_it_is_told():
 
 
 def test_the_gate_drill_runs_until_its_file_appears(tmp_path):
-    gate = tmp_path / "gate"
-    threading.Timer(1.0, gate.touch).start()
-    result = gate_drill_job.execute_in_process(run_config={"ops": {"wait_for_gate": {"config": {"gate_file": str(gate)}}}})
-    assert result.success and result.output_for_node("wait_for_gate") >= 0.9
+    gate, run_id, instance = tmp_path / "gate", str(uuid.uuid4()), dg.DagsterInstance.ephemeral()
+
+    def open_gate_once_waiting():
+        # The gate opens half a second after the op says it waits, however slow the start.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if any("waiting for" in (entry.user_message or "") for entry in instance.all_logs(run_id)):
+                time.sleep(0.5)
+                break
+            time.sleep(0.05)
+        gate.touch()
+
+    threading.Thread(target=open_gate_once_waiting, daemon=True).start()
+    result = gate_drill_job.execute_in_process(
+        run_config={"ops": {"wait_for_gate": {"config": {"gate_file": str(gate)}}}}, instance=instance, run_id=run_id)
+    assert result.success and result.output_for_node("wait_for_gate") >= 0.4
 
 
 def test_the_gate_drill_fails_when_its_file_never_appears(tmp_path):

@@ -16,13 +16,27 @@ from dagster_platform import ARTIFACTS, LAB_SECRETS, PROJECT, reboot, recap, rec
 testinfra_hosts = ["ansible://dagster_control"]
 INVENTORY = os.environ.get("MOLECULE_INVENTORY_FILE", "")
 
+# A PostgreSQL login's first answer: "R" (authenticate) or "E" (refused, and why).
+# With "tls" it asks for TLS first and verifies the server against the CA file given.
 PG_PROBE = r"""
-import socket, struct, sys
-conn = socket.create_connection((sys.argv[1], 5432), timeout=5)
+import socket, ssl, struct, sys
+host, mode = sys.argv[1], sys.argv[2]
+conn = socket.create_connection((host, 5432), timeout=5)
+version = "plain"
+if mode == "tls":
+    conn.sendall(struct.pack("!ii", 8, 80877103))
+    assert conn.recv(1) == b"S", "the server offers no TLS"
+    if len(sys.argv) > 3:
+        context = ssl.create_default_context(cafile=sys.argv[3])
+    else:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    conn = context.wrap_socket(conn, server_hostname=host)
+    version = conn.version()
 params = b"user\x00dagster\x00database\x00dagster\x00\x00"
 conn.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
 kind = conn.recv(1).decode()
-print(kind, conn.recv(4096)[4:].replace(b"\x00", b" ").decode(errors="replace"))
+print(kind, version, conn.recv(4096)[4:].replace(b"\x00", b" ").decode(errors="replace"))
 """
 TCP_PROBE = r"""
 import socket, sys
@@ -92,17 +106,39 @@ def test_code_servers_bind_their_private_address(code1, code2):
             assert not re.search(rf"\s(0\.0\.0\.0|\*|\[::\]):{port}\s", listening), (name(h), port, listening)
 
 
-def test_database_admits_exactly_the_platform_hosts(host, db, code1, code2, outsider):
+def test_database_admits_exactly_the_platform_hosts_over_tls(host, db, code1, code2, outsider):
     observed = {}
     for h in (host, code1, code2):
-        out = h.check_output("python3 -c %s %s", PG_PROBE, address(db))
-        observed[name(h)] = out
-        assert out.startswith("R"), (name(h), out)  # asked to authenticate: pg_hba admits it
-    refused = outsider.check_output("python3 -c %s %s", PG_PROBE, address(db))
-    observed[name(outsider)] = refused
+        plain = h.check_output("python3 -c %s %s plain", PG_PROBE, address(db))
+        verified = h.check_output("python3 -c %s %s tls /etc/dagster/db-ca.crt", PG_PROBE, address(db))
+        observed[name(h)] = {"plain": plain, "tls": verified}
+        # Without TLS pg_hba refuses even a platform host; with it (the server proven by
+        # the platform's CA, for the address the host uses) it asks for the password.
+        assert plain.startswith("E") and "pg_hba.conf rejects connection" in plain and "no encryption" in plain, plain
+        assert verified.startswith(("R TLSv1.2", "R TLSv1.3")), (name(h), verified)
+    for mode in ("plain", "tls"):
+        refused = outsider.check_output("python3 -c %s %s %s", PG_PROBE, address(db), mode)
+        observed[f"{name(outsider)} {mode}"] = refused
+        assert refused.startswith("E") and "pg_hba.conf rejects connection" in refused, refused
+        assert f'"{address(outsider)}"' in refused
     record("multinode_postgresql_probe", observed)
-    assert refused.startswith("E") and "pg_hba.conf rejects connection" in refused, refused
-    assert f'"{address(outsider)}"' in refused
+
+
+def test_every_remote_database_session_is_encrypted(db):
+    sessions = db.check_output(
+        "runuser -u postgres -- psql -At -F ' ' -c \"SELECT count(*) FILTER (WHERE s.ssl), count(*) "
+        "FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.client_addr IS NOT NULL "
+        "AND a.client_addr <> '127.0.0.1' AND a.datname IN ('dagster', 'warehouse')\"")
+    encrypted, remote = map(int, sessions.split())
+    record("multinode_remote_database_sessions", {"encrypted": encrypted, "all": remote})
+    assert remote > 0 and encrypted == remote, sessions
+
+
+def test_a_server_name_the_certificate_lacks_is_refused(host, db):
+    """verify-full: the certificate names the addresses the platform uses, and no other."""
+    wrong = host.run("python3 -c %s %s tls /etc/dagster/db-ca.crt", PG_PROBE.replace(
+        "server_hostname=host", "server_hostname='db.invalid'"), address(db))
+    assert wrong.rc != 0 and "certificate verify failed" in wrong.stderr and "db.invalid" in wrong.stderr, wrong.stderr
 
 
 def test_grpc_ports_admit_the_control_host_only(host, code1, code2, outsider):

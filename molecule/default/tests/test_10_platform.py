@@ -4,6 +4,7 @@ import base64
 import http.client
 import os
 import re
+import shlex
 import socket
 import ssl
 import time
@@ -57,11 +58,14 @@ def test_ports_bound_where_intended(host):
         assert not re.search(rf"\s(0\.0\.0\.0|\*|\[::\]):{port}\s", listening), f"{name} gRPC not on all addresses"
 
 
-def test_services_run_as_the_dagster_user(host):
+def test_services_run_as_their_users(host):
+    """The webserver and daemon as dagster; each code server (and its runs) as its own user."""
     for unit in UNITS[1:]:
+        name = unit.removeprefix("dagster-code@").removesuffix(".service")
+        expected = f"dagster-{name}" if unit.startswith("dagster-code@") else "dagster"
         pid = host.run(f"systemctl show -P MainPID {unit}").stdout.strip()
         user = host.run(f"ps -o user= -p {pid}").stdout.strip()
-        assert user == "dagster", f"{unit} runs as {user}"
+        assert user == expected, f"{unit} runs as {user}"
 
 
 def test_proxy_requires_the_login(web):
@@ -355,10 +359,15 @@ def test_postgresql_is_the_release_s_own(host):
 
 
 def test_secrets_are_not_world_readable(host):
-    for path in ["/etc/dagster/dagster.env", *[f"/etc/dagster/locations/{n}.env" for n in LOCATIONS]]:
+    # systemd reads them as root: the platform's own files and in-process locations' are
+    # root's alone, a code server's is its user's too.
+    for path in ["/etc/dagster/dagster.env", "/etc/dagster/dagster-runs.env",
+                 *[f"/etc/dagster/locations/{n}.env" for n in LOCATIONS if n not in GRPC]]:
         f = host.file(path)
-        assert f.exists, path
-        assert f.user == "root" and f.group == "dagster" and f.mode == 0o640, path
+        assert f.exists and (f.user, f.group, f.mode) == ("root", "root", 0o600), path
+    for name in GRPC:
+        f = host.file(f"/etc/dagster/locations/{name}.env")
+        assert (f.user, f.group, f.mode) == ("root", f"dagster-{name}", 0o640), name
     assert host.file("/etc/dagster").mode == 0o750
     # The file the running server reads, whatever the release's PostgreSQL version.
     hba_file = host.check_output("runuser -u postgres -- psql -XAtc 'SHOW hba_file'")
@@ -366,6 +375,58 @@ def test_secrets_are_not_world_readable(host):
     hba = host.file(hba_file).content_string
     assert "scram-sha-256" in hba and " trust" not in hba and " md5" not in hba
     assert re.search(r"host\s+all\s+all\s+0\.0\.0\.0/0\s+reject", hba)
+
+
+def _as_location(host, name, command):
+    """COMMAND as location NAME's code server runs: its user and groups, in its unit's mount
+    namespace (where ProtectProc=invisible mounted /proc)."""
+    pid = host.check_output(f"systemctl show -P MainPID dagster-code@{name}.service")
+    return host.run(f"nsenter -t {pid} -m -- setpriv --reuid=dagster-{name} --regid=dagster-{name} "
+                    f"--groups=dagster -- sh -c {shlex.quote(command)}")
+
+
+def test_a_location_cannot_read_another_s_secrets_or_processes(host):
+    etl_pid = host.check_output("systemctl show -P MainPID dagster-code@etl.service")
+    webserver_pid = host.check_output("systemctl show -P MainPID dagster-webserver.service")
+    observed = {}
+    own = _as_location(host, "hello", "cat /etc/dagster/locations/hello.env >/dev/null && cat /etc/dagster/dagster.yaml")
+    assert own.rc == 0 and "DAGSTER_PG_USERNAME" in own.stdout, own.stderr
+    for what, command in {
+        "another location's env file": "cat /etc/dagster/locations/etl.env",
+        "an in-process location's env file": "cat /etc/dagster/locations/module_example.env",
+        "the owner's login": "cat /etc/dagster/dagster.env",
+        "another location's process": f"cat /proc/{etl_pid}/environ",
+        "the webserver's process": f"ls /proc/{webserver_pid}/",
+    }.items():
+        result = _as_location(host, "hello", command)
+        observed[what] = result.stderr.strip()
+        assert result.rc != 0 and ("Permission denied" in result.stderr or "No such file" in result.stderr), (what, result)
+    # Invisible, not only unreadable: ProtectProc=invisible hides other users' processes.
+    listed = _as_location(host, "hello", "ls /proc").stdout.split()
+    assert etl_pid not in listed and webserver_pid not in listed
+    record("location_isolation_refusals", observed)
+
+
+def test_runs_log_in_without_the_owner_s_rights(host):
+    """Code servers and their runs use dagster_runs: rows yes, the schema no."""
+    pid = host.check_output("systemctl show -P MainPID dagster-code@hello.service")
+    environ = dict(line.split("=", 1) for line in host.check_output(f"tr '\\0' '\\n' < /proc/{pid}/environ").splitlines()
+                   if "=" in line)
+    assert environ["DAGSTER_PG_USERNAME"] == "dagster_runs"
+    owner_password = (LAB_SECRETS / "dagster_db_password").read_text().strip()
+    assert owner_password not in environ.values()
+    psql = (f"PGPASSWORD={environ['DAGSTER_PG_PASSWORD']} psql -h 127.0.0.1 -U dagster_runs -d dagster -XAt "
+            "-v ON_ERROR_STOP=1 -c")
+    assert int(host.check_output(f"{psql} 'SELECT count(*) FROM runs'")) > 0
+    refusals = {}
+    for statement, error in {"CREATE TABLE intruder (x int)": "permission denied for schema public",
+                             "DROP TABLE runs": "must be owner of table runs",
+                             "ALTER TABLE runs ADD COLUMN x int": "must be owner of table runs",
+                             "TRUNCATE runs": "permission denied for table runs"}.items():
+        result = host.run(f"{psql} '{statement}'")
+        refusals[statement] = result.stderr.strip()
+        assert result.rc != 0 and error in result.stderr, (statement, result.stderr)
+    record("runs_role_refusals", refusals)
 
 
 def test_units_are_hardened(host):

@@ -31,6 +31,10 @@ CASES = {
     "memory-not-a-size": ([dict(HELLO, memory_max="2 GB")], 'location "extra": memory_max "2 GB" is not a size'),
     "env-placeholder": ([dict(HELLO, env={"OPENAI_API_KEY": "CHANGE-ME"})],
                         'location "extra": env OPENAI_API_KEY is still the example placeholder CHANGE-ME'),
+    "users": ([dict(HELLO, name="a_location_named_at_length", port=4010), dict(HELLO, name="shares", user="dagster", port=4011)],
+              ['location "a_location_named_at_length": user "dagster-a_location_named_at_length" is not a Linux account name',
+               'names over 24 characters need a shorter user',
+               'location "shares": user "dagster" is not a Linux account name of its own']),
     # Forms: every bad entry is named in the one message.
     "forms": ([dict(HELLO, name="x" * 64, port=4010),
                dict(HELLO, name="bad_module", module="hello.definitions; rm", port=4011),
@@ -114,6 +118,11 @@ SETTING_CASES = {
                     ["dagster_proxy_port must be a port from 1 to 65535 that no location of this host uses, got 4000.",
                      'dagster_proxy_server_name "dagster lab" is not a host name or IP address',
                      "dagster_proxy_self_signed_days must be 1 to 825 (browsers refuse longer), got 3650."]),
+    "db-ca-not-a-certificate": ({"dagster_db_tls_ca_certificate": str(PROJECT / "README.md")},
+                                f'dagster_db_tls_ca_certificate "{PROJECT / "README.md"}" is not a PEM certificate file on the controller'),
+    "runs-login": ({"dagster_db_runs_password": "", "dagster_db_runs_user": "dagster"},
+                   ['dagster_db_runs_password is empty: set it (in a vault variable) for "dagster"',
+                    'dagster_db_runs_user "dagster" must be a PostgreSQL name of its own']),
     "retention-batch-zero": ({"dagster_control_run_retention_batch_size": 0},
                              "dagster_control_run_retention_batch_size must be 1 to 10000, got 0"),
 }

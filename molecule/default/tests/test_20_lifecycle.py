@@ -57,6 +57,7 @@ def test_add_then_remove_a_location(host, web, tmp_path):
     unit = host.service("dagster-code@hello_two.service")
     assert unit.is_running and unit.is_enabled
     assert host.file("/opt/dagster/locations/hello_two/venv/bin/dagster").exists
+    assert host.user("dagster-hello_two").exists and host.user("dagster-hello_two").shell == "/usr/sbin/nologin"
     assert "hello_two" in host.file("/etc/dagster/workspace.yaml").content_string
     assert main_pids(host) == pids, "adding a location restarted something else"
     assert main_pid(host, DAEMON) != daemon, "the daemon did not restart to read the new workspace"
@@ -76,6 +77,7 @@ def test_add_then_remove_a_location(host, web, tmp_path):
     assert not host.file("/etc/systemd/system/multi-user.target.wants/dagster-code@hello_two.service").exists
     assert not host.file("/opt/dagster/locations/hello_two").exists
     assert not host.file("/etc/dagster/locations/hello_two.env").exists
+    assert not host.user("dagster-hello_two").exists and not host.group("dagster-hello_two").exists
     assert "hello_two" not in host.file("/etc/dagster/workspace.yaml").content_string
     assert "hello_two" not in web.wait_loaded()
     assert main_pids(host) == pids, "removing a location restarted something else"

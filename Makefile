@@ -27,6 +27,8 @@ LAB_URL := https://10.77.0.10
 LAB_STANDINS_URL := http://10.77.0.10:8900
 endif
 LOCATIONS := $(sort $(dir $(wildcard code_locations/*/pyproject.toml)))
+# The platform's own Python tools with tests of their own.
+TOOL_PROJECTS := roles/dagster_metrics/files/exporter/
 
 BOOTSTRAP := $(CURDIR)/.cache/bootstrap
 UV := $(BOOTSTRAP)/bin/uv
@@ -90,12 +92,18 @@ lint: toolchain
 test-locations: toolchain
 	files/test/warehouse-db.sh run $(MAKE) --no-print-directory locations-pytest
 
+# Every project runs even when one fails; the target fails if any did.
 locations-pytest:
-	@for dir in $(LOCATIONS); do \
+	@failed=""; for dir in $(LOCATIONS); do \
 	  echo "== $$dir"; \
 	  (cd $$dir && uv run --frozen --quiet pytest -q -p no:cacheprovider \
-	    && uv run --frozen --quiet dagster definitions validate 2>&1 | tail -1); \
-	done
+	    && uv run --frozen --quiet dagster definitions validate 2>&1 | tail -1) || failed="$$failed $$dir"; \
+	done; \
+	for dir in $(TOOL_PROJECTS); do \
+	  echo "== $$dir"; \
+	  (cd $$dir && uv run --frozen --quiet pytest -q -p no:cacheprovider) || failed="$$failed $$dir"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "failed:$$failed"; exit 1; fi
 
 # Three lanes side by side (2 cores, but much of a scenario waits on its hosts and their
 # runs), each scenario's log in artifacts/; a failed lane prints the end of its log.

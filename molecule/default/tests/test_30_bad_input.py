@@ -13,6 +13,7 @@ HELLO = {"name": "extra", "source": "code_locations/hello", "module": "hello.def
 SNAPSHOT = (
     "find /etc/dagster /opt/dagster /etc/systemd/system /etc/postgresql /usr/local/share/ca-certificates "
     "/etc/ansible/facts.d /etc/nginx /etc/fail2ban /etc/tmpfiles.d /usr/local/sbin "
+    "/etc/default/prometheus-node-exporter /etc/nftables-dagster-metrics.nft "
     "-printf '%p %s %m %u %T@\\n' | sort | sha256sum"
 )
 

@@ -172,6 +172,22 @@ def test_grpc_ports_admit_the_control_host_only(host, code1, code2, outsider):
     record("multinode_grpc_probe", observed)
 
 
+def test_metrics_ports_admit_the_scraper_only(host, db, code1, code2, outsider):
+    """dagster_metrics_scrapers lists the control host: it scrapes every host; the outsider is reset."""
+    observed = {}
+    for target, port in ((db, 9100), (code1, 9100), (code2, 9100), (host, 9815)):
+        scraped = host.run("python3 -c %s %s %s", TCP_PROBE, address(target), port)
+        refused = outsider.run("python3 -c %s %s %s", TCP_PROBE, address(target), port)
+        observed[f"{name(target)}:{port}"] = {"control": scraped.stdout.strip(), "outsider": refused.stdout.strip()}
+        assert scraped.stdout.startswith("open"), (name(target), port, scraped.stdout, scraped.stderr)
+        assert refused.stdout.startswith("refused"), (name(target), port, refused.stdout, refused.stderr)
+    record("multinode_metrics_ports", observed)
+    metrics = host.check_output("python3 -c \"import urllib.request; print(urllib.request.urlopen("
+                                "'http://127.0.0.1:9815/metrics').read().decode())\"")
+    for location in ("hello", "assets_quickstart", "etl", "isolation_remote"):
+        assert f'dagster_code_server_reachable{{location="{location}"}} 1.0' in metrics, location
+
+
 @pytest.mark.parametrize("action", ["enable --now", "restart", "reload", "stop"])
 def test_grpc_firewall_survives_the_distribution_s_nftables_service(host, code1, outsider, action):
     # Debian's nftables.service flushes the whole ruleset on each of these.

@@ -3,8 +3,8 @@
 Dagster OSS has no metrics endpoint; this exporter asks the webserver (on loopback, no
 database login) at each scrape and serves the answer in Prometheus' text format:
 
-    dagster-exporter --graphql http://127.0.0.1:3000/graphql --listen 10.0.0.5:9815 \
-        --locations /etc/dagster/exporter-locations.json
+    python dagster_exporter.py --graphql http://127.0.0.1:3000/graphql --listen 10.0.0.5:9815 \
+        --locations /opt/dagster/exporter/code-servers.json
 
 Labels stay bounded: job, location, daemon, status; never a run id.
 """

@@ -84,3 +84,12 @@ def test_metrics_ports_admit_the_scrapers_only(host):
     assert all(v.startswith("refused") for v in refused.values()), refused
     rules = host.check_output("nft list table inet dagster_metrics")
     assert f"{EXPORTER}" in rules and f"{NODE}" in rules and "reject with tcp reset" in rules
+
+
+def test_the_last_dump_is_published_for_the_node_exporter(host):
+    started = time.time()
+    host.check_output("systemctl start pg-dump-dagster.service")
+    samples = scrape(host, NODE)
+    assert value(samples, "dagster_backup_last_attempt_ok") == 1
+    assert value(samples, "dagster_backup_last_success_timestamp_seconds") >= int(started) - 1
+    assert value(samples, "dagster_backup_max_age_seconds") == 36 * 3600

@@ -1,5 +1,6 @@
 """Four hosts: each serves what its groups say, and the network is closed to everyone else."""
 
+import base64
 import json
 import os
 import re
@@ -186,6 +187,68 @@ def test_metrics_ports_admit_the_scraper_only(host, db, code1, code2, outsider):
                                 "'http://127.0.0.1:9815/metrics').read().decode())\"")
     for location in ("hello", "assets_quickstart", "etl", "isolation_remote"):
         assert f'dagster_code_server_reachable{{location="{location}"}} 1.0' in metrics, location
+
+
+PROMETHEUS_API = r"""
+import json, sys, urllib.request
+print(json.dumps(json.loads(urllib.request.urlopen("http://127.0.0.1:9090/api/v1/" + sys.argv[1]).read())["data"]))
+"""
+
+
+def prometheus(h, path: str):
+    return json.loads(h.check_output("python3 -c %s %s", PROMETHEUS_API, path))
+
+
+def test_prometheus_scrapes_every_host_and_its_rules_pass_their_tests(host):
+    deadline = time.monotonic() + 120
+    while True:
+        targets = prometheus(host, "targets")["activeTargets"]
+        health = {t["labels"]["instance"]: t["health"] for t in targets}
+        if len(health) == 5 and set(health.values()) == {"up"}:
+            break
+        assert time.monotonic() < deadline, health
+        time.sleep(2)
+    rules = {r["name"] for g in prometheus(host, "rules")["groups"] for r in g["rules"]}
+    assert {"DagsterDaemonHeartbeatStale", "DagsterLocationNotLoaded", "DagsterCodeServerUnreachable",
+            "DagsterRunFailureRatio", "DagsterRunQueueStuck", "DagsterBackupTooOld", "DiskAlmostFull"} <= rules
+    tests = host.run("mktemp /tmp/alert-rules-XXXXXX.yml").stdout.strip()
+    try:
+        content = base64.b64encode((Path(__file__).parent / "alert_rules_test.yml").read_bytes()).decode()
+        host.check_output(f"echo {content} | base64 -d > {tests}")
+        result = host.run(f"promtool test rules {tests}")
+        assert result.rc == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
+    finally:
+        host.run(f"rm -f {tests}")
+
+
+def test_a_stopped_code_server_fires_its_alert(host, code2):
+    """The fault, its metric in the next scrape, the alert pending then firing (for: 1m), then resolved."""
+    def alert_state():
+        for alert in prometheus(host, "alerts")["alerts"]:
+            if alert["labels"]["alertname"] == "DagsterCodeServerUnreachable" and \
+                    alert["labels"].get("location") == "isolation_remote":
+                return alert["state"]
+        return None
+
+    assert alert_state() is None
+    stopped_at = time.monotonic()
+    code2.check_output("systemctl stop dagster-code@isolation_remote.service")
+    seen = {}
+    try:
+        while "firing" not in seen:
+            state = alert_state()
+            if state and state not in seen:
+                seen[state] = round(time.monotonic() - stopped_at, 1)
+            assert time.monotonic() - stopped_at < 240, seen
+            time.sleep(2)
+    finally:
+        code2.check_output("systemctl start dagster-code@isolation_remote.service")
+    record("alert_code_server_unreachable_seconds", seen)
+    assert seen["pending"] < seen["firing"]
+    deadline = time.monotonic() + 180
+    while alert_state() is not None:
+        assert time.monotonic() < deadline, "the alert did not resolve"
+        time.sleep(2)
 
 
 @pytest.mark.parametrize("action", ["enable --now", "restart", "reload", "stop"])

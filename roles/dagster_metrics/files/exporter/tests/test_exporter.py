@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -55,8 +56,13 @@ def dagster(tmp_path_factory):
         wait_for(loaded, 180, "the webserver to load the location")
         yield {"url": url, "home": home, "env": env}
     finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=60)
+        # dagster dev stops its webserver and daemon first; under load that can take long.
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
 
 
 def scrape(collector) -> dict:

@@ -124,6 +124,12 @@ SETTING_CASES = {
     "runs-login": ({"dagster_db_runs_password": "", "dagster_db_runs_user": "dagster"},
                    ['dagster_db_runs_password is empty: set it (in a vault variable) for "dagster"',
                     'dagster_db_runs_user "dagster" must be a PostgreSQL name of its own']),
+    "metrics-forms": ({"dagster_metrics_scrapers": ["prometheus.example"], "dagster_metrics_exporter_port": 3000,
+                       "dagster_metrics_prometheus_host": "nowhere", "dagster_metrics_alert_failure_window": "an hour"},
+                      ['dagster_metrics_scrapers must list IPv4 or IPv6 addresses (nftables takes no names): ["prometheus.example"]',
+                       "is already used by a location, the webserver or PostgreSQL: choose another.",
+                       'dagster_metrics_prometheus_host "nowhere" is not a host of dagster_db, dagster_control or dagster_code',
+                       'dagster_metrics_alert_failure_window "an hour" is not a Prometheus duration']),
     "retention-batch-zero": ({"dagster_control_run_retention_batch_size": 0},
                              "dagster_control_run_retention_batch_size must be 1 to 10000, got 0"),
 }

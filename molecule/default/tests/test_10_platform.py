@@ -31,7 +31,7 @@ JOBS = {
 }
 LOCATIONS = sorted(set(JOBS) | set(GRPC))
 UNITS = ["postgresql.service", "dagster-webserver.service", "dagster-daemon.service",
-         "dagster-webserver-read-only.service"] + [
+         "dagster-webserver-read-only.service", "dagster-exporter.service"] + [
     f"dagster-code@{name}.service" for name in GRPC
 ]
 
@@ -62,7 +62,8 @@ def test_services_run_as_their_users(host):
     """The webserver and daemon as dagster; each code server (and its runs) as its own user."""
     for unit in UNITS[1:]:
         name = unit.removeprefix("dagster-code@").removesuffix(".service")
-        expected = f"dagster-{name}" if unit.startswith("dagster-code@") else "dagster"
+        expected = (f"dagster-{name}" if unit.startswith("dagster-code@")
+                    else "dagster-exporter" if unit == "dagster-exporter.service" else "dagster")
         pid = host.run(f"systemctl show -P MainPID {unit}").stdout.strip()
         user = host.run(f"ps -o user= -p {pid}").stdout.strip()
         assert user == expected, f"{unit} runs as {user}"

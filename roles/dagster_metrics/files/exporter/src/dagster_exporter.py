@@ -127,7 +127,10 @@ class FinishedRuns:
 
 
 class DagsterCollector:
-    def __init__(self, url: str, locations: list[dict], timeout: float = 10.0):
+    """`locations`: the code servers, as a list or as the JSON file holding it, which is
+    read at every scrape (a location added or removed needs no restart)."""
+
+    def __init__(self, url: str, locations: list[dict] | Path, timeout: float = 10.0):
         self.url, self.locations, self.timeout = url, locations, timeout
         self.finished = FinishedRuns()
         self.errors: dict[str, int] = {}
@@ -157,7 +160,7 @@ class DagsterCollector:
 
         errors = CounterMetricFamily("dagster_exporter_scrape_errors", "Failed parts of scrapes, by part.",
                                      labels=["part"])
-        for part in ("state", "finished_runs"):
+        for part in ("state", "finished_runs", "code_servers"):
             errors.add_metric([part], self.errors.get(part, 0))
         yield errors
         yield GaugeMetricFamily("dagster_exporter_scrape_duration_seconds", "Time this scrape took.",
@@ -218,7 +221,14 @@ class DagsterCollector:
         up = GaugeMetricFamily("dagster_code_server_reachable",
                                "1 when the code server of a grpc_server location accepts a connection.",
                                labels=["location"])
-        for location in self.locations:
+        locations = self.locations
+        if isinstance(locations, Path):
+            try:
+                locations = json.loads(locations.read_text())
+            except (OSError, ValueError):
+                self._failed("code_servers")
+                locations = []
+        for location in locations:
             ok = reachable(location["address"], location["port"], min(self.timeout, 3.0))
             up.add_metric([location["name"]], 1 if ok else 0)
         yield up
@@ -236,9 +246,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--locations", type=Path, help="JSON list of {name, address, port} of the code servers")
     parser.add_argument("--timeout", type=float, default=10.0)
     args = parser.parse_args(argv)
-    locations = json.loads(args.locations.read_text()) if args.locations else []
     registry = CollectorRegistry()
-    registry.register(DagsterCollector(args.graphql, locations, args.timeout))
+    registry.register(DagsterCollector(args.graphql, args.locations or [], args.timeout))
     address, _, port = args.listen.rpartition(":")
     server = make_server(address.strip("[]"), int(port), make_wsgi_app(registry), handler_class=_QuietHandler)
     server.serve_forever()

@@ -111,16 +111,22 @@ def test_state_of_the_platform(dagster):
     assert samples[("dagster_exporter_scrape_errors_total", (("part", "state"),))] == 0
 
 
-def test_code_server_reachability(dagster):
+def test_code_server_reachability_from_a_file_read_at_each_scrape(dagster, tmp_path):
     from dagster_exporter import DagsterCollector
+    servers = tmp_path / "code-servers.json"
+    collector = DagsterCollector(dagster["url"], servers)
+    assert scrape(collector)[("dagster_exporter_scrape_errors_total", (("part", "code_servers"),))] == 1
     with socket.socket() as listening:
         listening.bind(("127.0.0.1", 0))
         listening.listen()
         open_port, closed_port = listening.getsockname()[1], free_port()
-        samples = scrape(DagsterCollector(dagster["url"], [{"name": "up", "address": "127.0.0.1", "port": open_port},
-                                                           {"name": "down", "address": "127.0.0.1", "port": closed_port}]))
+        servers.write_text(json.dumps([{"name": "up", "address": "127.0.0.1", "port": open_port},
+                                       {"name": "down", "address": "127.0.0.1", "port": closed_port}]))
+        samples = scrape(collector)
     assert samples[("dagster_code_server_reachable", (("location", "up"),))] == 1
     assert samples[("dagster_code_server_reachable", (("location", "down"),))] == 0
+    servers.write_text(json.dumps([{"name": "up", "address": "127.0.0.1", "port": open_port}]))
+    assert ("dagster_code_server_reachable", (("location", "down"),)) not in scrape(collector)
 
 
 def test_a_webserver_that_is_down_is_reported_not_hidden():

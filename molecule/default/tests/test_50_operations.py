@@ -36,7 +36,8 @@ def test_status_reports_health_and_names_what_is_down(host, web):
     for line in ["unit dagster-webserver.service: active/running", "unit dagster-code@hello.service: active/running",
                  "port 3000 (webserver): listening on 127.0.0.1", "location hello: LOADED",
                  "daemon QUEUED_RUN_COORDINATOR: heartbeat", "runs: 0 queued", "database dagster:",
-                 "disk compute logs"]:
+                 "disk compute logs", "unit dagster-exporter.service: active/running",
+                 "port 9100 (node exporter): listening on", "unit nftables-dagster-metrics.service: active/exited"]:
         assert line in result.stdout, (line, result.stdout[-4000:])
     assert "changed=0" in result.stdout and "PROBLEM" not in result.stdout, result.stdout[-4000:]
     record("status_seconds", round(seconds, 1))

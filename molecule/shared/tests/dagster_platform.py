@@ -74,7 +74,7 @@ class Webserver:
         assert "errors" not in doc, doc["errors"]
         return doc["data"]
 
-    def wait_ready(self, timeout: float = 180) -> None:
+    def wait_ready(self, timeout: float = 600) -> None:
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -91,7 +91,7 @@ class Webserver:
         entries = self.gql(WORKSPACE_QUERY)["workspaceOrError"]["locationEntries"]
         return {entry["name"]: entry for entry in entries}
 
-    def wait_loaded(self, timeout: float = 180) -> dict[str, dict]:
+    def wait_loaded(self, timeout: float = 600) -> dict[str, dict]:
         deadline = time.monotonic() + timeout
         while True:
             entries = self.locations()
@@ -114,7 +114,7 @@ class Webserver:
         assert "status" in answer, f"run {run_id}: {answer}"
         return answer["status"]
 
-    def wait_status(self, run_id: str, wanted: str, timeout: float = 120) -> str:
+    def wait_status(self, run_id: str, wanted: str, timeout: float = 600) -> str:
         """Poll until the run has the wanted status or a final one; the last status seen."""
         deadline = time.monotonic() + timeout
         while (status := self.run_status(run_id)) != wanted:
@@ -141,7 +141,9 @@ class Webserver:
         assert self.wait_status(run_id, "STARTED") == "STARTED", self.run_messages(run_id)
         return run_id, gate
 
-    def wait_run(self, run_id: str, timeout: float = 300) -> str:
+    # Generous: three scenarios' hosts share two cores, and a run's step process can take
+    # minutes to start under that load.
+    def wait_run(self, run_id: str, timeout: float = 900) -> str:
         deadline = time.monotonic() + timeout
         while True:
             status = self.run_status(run_id)

@@ -1,8 +1,5 @@
-"""The README's set-up on a pristine Debian machine: toolchain, lint and every code
-location's own tests pass, on the release's own Python, with nothing installed into the
-system Python."""
-
-import re
+"""The README's set-up on a pristine Debian machine: the toolchain and lint pass, on the
+release's own Python, with nothing installed into the system Python."""
 
 import pytest
 
@@ -22,22 +19,6 @@ def test_the_readme_commands_succeed(host):
     assert "yamllint --strict ." in log
     assert "Passed: 0 failure(s), 0 warning(s)" in log, log[-4000:]
     assert log.count("ansible-playbook -i") == 2
-
-
-def test_every_location_suite_passed(host, release):
-    log = host.file(f"{CHECKOUT}/readme-setup.log").content_string
-    locations = host.check_output(f"ls {CHECKOUT}/code_locations/*/pyproject.toml").split()
-    assert len(locations) >= 10
-    for pyproject in locations:
-        folder = pyproject.removeprefix(f"{CHECKOUT}/").removesuffix("pyproject.toml")
-        parts = log.split(f"== {folder}\n", 1)
-        assert len(parts) == 2, f"{folder} was not tested"
-        section = parts[1].split("\n== ")[0]
-        assert re.search(r"^\d+ passed", section, re.MULTILINE), section[-2000:]
-        assert not re.search(r"\d+ (failed|errors?)\b", section), section[-2000:]
-        assert "All code locations passed validation." in section, section[-2000:]
-        venv_python = host.check_output(f"{CHECKOUT}/{folder}.venv/bin/python -c 'import sys; print(sys.version)'")
-        assert venv_python.startswith(PYTHON[release] + "."), (folder, venv_python)
 
 
 def test_the_toolchain_runs_on_the_release_python(host, release):

@@ -45,10 +45,11 @@ def test_add_then_remove_a_location(host, web, tmp_path):
     pids = main_pids(host)
     assert all(pid != "0" for pid in pids.values())
     # A run of an in-process location in flight across the daemon restarts: it waits for
-    # a gate file that appears only after both converges.
+    # a gate file that appears only after both converges (under CI's load they took 14 min,
+    # past the op's default 600 s wait).
     gate = f"/var/lib/dagster/gate-{uuid.uuid4().hex}"
-    in_flight = web.launch("file_example", "file_job",
-                           run_config={"ops": {"count_words": {"config": {"wait_for_file": gate}}}})
+    gate_config = {"wait_for_file": gate, "wait_timeout_seconds": 3600}
+    in_flight = web.launch("file_example", "file_job", run_config={"ops": {"count_words": {"config": gate_config}}})
     assert web.wait_status(in_flight, "STARTED") == "STARTED"
     daemon = main_pid(host, DAEMON)
 

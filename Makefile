@@ -41,7 +41,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export UV_SYSTEM_CERTS ?= 1
 export UV_PYTHON_DOWNLOADS := never
 # The toolchain's and the locations' venvs hold no bytecode until Python writes it on
-# first import: with PYTHONDONTWRITEBYTECODE set (as on the CI machine's shell), every
+# first import: with PYTHONDONTWRITEBYTECODE set (as in this machine's shell), every
 # ansible-playbook start and every `import dagster` compiled the sources again, twice
 # the CPU of a warm start (ansible-playbook --version: 2.0 s of CPU, 1.1 s with bytecode).
 unexport PYTHONDONTWRITEBYTECODE

@@ -126,17 +126,14 @@ test-molecule: toolchain
 	        echo "molecule: $$scenario passed in $$((SECONDS - started)) s"; \
 	      else \
 	        echo "molecule: $$scenario FAILED after $$((SECONDS - started)) s; the end of artifacts/molecule-$$scenario.log:"; \
-	        tail -n 150 artifacts/molecule-$$scenario.log; echo $$scenario >>artifacts/molecule-failed; failed=1; \
+	        tail -n 150 artifacts/molecule-$$scenario.log; files/test/molecule-failures.sh $$scenario; \
+	        echo $$scenario >>artifacts/molecule-failed; failed=1; \
 	      fi; \
 	    done; exit $$failed ) & pids+=($$!); \
 	done; \
 	status=0; for pid in "$${pids[@]}"; do wait $$pid || status=1; done; \
 	if [ $$status -ne 0 ]; then echo "molecule: what failed, last (CI keeps the end of the output):"; \
-	  for scenario in $$(cat artifacts/molecule-failed); do \
-	    sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^ *│ \{0,1\}//' artifacts/molecule-$$scenario.log \
-	      | grep -E '^FAILED [^-]|^ERROR |^E +.*(Error|assert)|fatal: \[|^(fatal|failed): ' \
-	      | cut -c1-300 | head -n 20 | sed "s|^|$$scenario: |"; \
-	  done; fi; exit $$status
+	  files/test/molecule-failures.sh $$(cat artifacts/molecule-failed); fi; exit $$status
 
 test: lint test-locations test-molecule
 

@@ -41,7 +41,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export UV_SYSTEM_CERTS ?= 1
 export UV_PYTHON_DOWNLOADS := never
 # The toolchain's and the locations' venvs hold no bytecode until Python writes it on
-# first import: with PYTHONDONTWRITEBYTECODE set (as on the CI machine's shell), every
+# first import: with PYTHONDONTWRITEBYTECODE set (as in this machine's shell), every
 # ansible-playbook start and every `import dagster` compiled the sources again, twice
 # the CPU of a warm start (ansible-playbook --version: 2.0 s of CPU, 1.1 s with bytecode).
 unexport PYTHONDONTWRITEBYTECODE
@@ -126,17 +126,14 @@ test-molecule: toolchain
 	        echo "molecule: $$scenario passed in $$((SECONDS - started)) s"; \
 	      else \
 	        echo "molecule: $$scenario FAILED after $$((SECONDS - started)) s; the end of artifacts/molecule-$$scenario.log:"; \
-	        tail -n 150 artifacts/molecule-$$scenario.log; echo $$scenario >>artifacts/molecule-failed; failed=1; \
+	        tail -n 150 artifacts/molecule-$$scenario.log; files/test/molecule-failures.sh $$scenario; \
+	        echo $$scenario >>artifacts/molecule-failed; failed=1; \
 	      fi; \
 	    done; exit $$failed ) & pids+=($$!); \
 	done; \
 	status=0; for pid in "$${pids[@]}"; do wait $$pid || status=1; done; \
 	if [ $$status -ne 0 ]; then echo "molecule: what failed, last (CI keeps the end of the output):"; \
-	  for scenario in $$(cat artifacts/molecule-failed); do \
-	    sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^ *│ \{0,1\}//' artifacts/molecule-$$scenario.log \
-	      | grep -E '^FAILED [^-]|^ERROR |^E +.*(Error|assert)|fatal: \[|^(fatal|failed): ' \
-	      | cut -c1-300 | head -n 20 | sed "s|^|$$scenario: |"; \
-	  done; fi; exit $$status
+	  files/test/molecule-failures.sh $$(cat artifacts/molecule-failed); fi; exit $$status
 
 test: lint test-locations test-molecule
 

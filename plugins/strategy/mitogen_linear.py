@@ -7,7 +7,13 @@ Ansible's own linear strategy: slower, same result.
 """
 
 try:
+    import ansible_mitogen.affinity
     from ansible_mitogen.plugins.strategy.mitogen_linear import StrategyModule
+
+    # Mitogen pins its processes to CPUs; on fewer than 4 it puts the top-level process,
+    # every worker and their ssh and rsync children on one CPU, which another busy
+    # controller on the same machine then shares. The kernel's scheduler places them.
+    ansible_mitogen.affinity.policy = ansible_mitogen.affinity.Policy()
 except ImportError:
     from ansible.plugins.strategy.linear import StrategyModule
     from ansible.utils.display import Display

@@ -112,7 +112,7 @@ if __name__ == "__main__":
         code = main.load()()
     except SystemExit as done:
         code = done.code
-    except KeyboardInterrupt:  # how Dagster passes on a SIGTERM that came while it was starting
+    except KeyboardInterrupt:  # a stop signal that reached Python as KeyboardInterrupt
         code = 0
     if code is not None and not isinstance(code, int):
         print(code, file=sys.stderr)

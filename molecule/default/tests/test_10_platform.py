@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from dagster_platform import LAB_SECRETS, reboot, record
+from dagster_platform import LAB_SECRETS, daemon_code_servers, reboot, record
 
 GRPC = {"hello": 4000, "assets_quickstart": 4001, "etl": 4002, "http_task": 4003, "nyc_taxi": 4004, "chat": 4005,
         "platform_alerts": 4006}
@@ -236,6 +236,23 @@ def test_daemon_is_healthy(web, host):
         "/opt/dagster/control/venv/bin/dagster-daemon liveness-check"
     )
     assert liveness.rc == 0, liveness.stdout + liveness.stderr
+
+
+IN_PROCESS = ["file_example", "isolation", "module_example"]
+
+
+def test_the_daemon_keeps_its_in_process_code_servers(host):
+    """Dagster's daemon starts a new server for every in-process location each 60 s; the
+    platform's daemon keeps the ones it has (a deploy restarts it when their code changes)."""
+    deadline = time.monotonic() + 300
+    while (ages := daemon_code_servers(host))[0] < 200:  # past three of Dagster's 60 s refreshes
+        assert time.monotonic() < deadline
+        time.sleep(5)
+    daemon_age, servers = ages
+    assert sorted(servers) == IN_PROCESS, servers
+    for location, started in servers.items():
+        # One each, started with the daemon's first workspace load, not a minute ago.
+        assert len(started) == 1 and started[0][1] > daemon_age - 90, (location, daemon_age, started)
 
 
 def test_hello_schedule_is_running(web):

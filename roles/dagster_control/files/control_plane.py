@@ -14,6 +14,13 @@ gRPC UNAVAILABLE, then UNKNOWN "failed to connect"). The calls a launch makes
 are tried again for up to CODE_SERVER_RESTART_SECONDS while the server is not
 listening; health checks and workspace loads still fail fast.
 
+The daemon starts the servers of in-process locations (python_module, python_file,
+python_package) itself, and every 60 s forgets them all and starts new ones, to pick up
+code changed in place: three Pythons importing Dagster and the location's code each
+minute, most of an idle control host's CPU. Here code changes only through a deploy,
+which restarts the daemon; it starts a new server only for a location whose server
+failed or exited.
+
 When the command returns or is interrupted, Dagster has shut itself down (threads
 joined, servers stopped). Python's own teardown after that, which only frees memory,
 took a stopped daemon 15-20 s of CPU on a loaded host, past its unit's stop timeout:
@@ -29,6 +36,7 @@ from importlib.metadata import entry_points
 
 import grpc
 from dagster._core.errors import DagsterUserCodeUnreachableError
+from dagster._core.remote_representation.grpc_server_registry import GrpcServerRegistry
 from dagster._grpc.client import DagsterGrpcClient
 from sqlalchemy import event, exc
 from sqlalchemy.pool import Pool
@@ -100,6 +108,16 @@ def gen_wait_for_restarts(query):
     return retried
 
 
+def forget_stopped_servers(registry):
+    """GrpcServerRegistry.clear_all_grpc_endpoints for the daemon's periodic refresh: only
+    entries whose server failed to start or has exited, so those are started again."""
+    with registry._lock:
+        for origin_id, entry in list(registry._active_entries.items()):
+            process = getattr(entry, "process", None)  # an ErrorRegistryEntry has none
+            if process is None or process.server_process.poll() is not None:
+                del registry._active_entries[origin_id]
+
+
 DagsterGrpcClient._query = wait_for_restarts(DagsterGrpcClient._query)
 DagsterGrpcClient._gen_query = gen_wait_for_restarts(DagsterGrpcClient._gen_query)
 
@@ -107,6 +125,8 @@ DagsterGrpcClient._gen_query = gen_wait_for_restarts(DagsterGrpcClient._gen_quer
 if __name__ == "__main__":
     program = sys.argv.pop(1)
     sys.argv[0] = program
+    if program == "dagster-daemon":
+        GrpcServerRegistry.clear_all_grpc_endpoints = forget_stopped_servers
     (main,) = entry_points(group="console_scripts", name=program)
     try:
         code = main.load()()

@@ -245,14 +245,15 @@ def test_the_daemon_keeps_its_in_process_code_servers(host):
     """Dagster's daemon starts a new server for every in-process location each 60 s; the
     platform's daemon keeps the ones it has (a deploy restarts it when their code changes)."""
     deadline = time.monotonic() + 300
-    while (ages := daemon_code_servers(host))[0] < 200:  # past three of Dagster's 60 s refreshes
+    while (ages := daemon_code_servers(host))[0] < 300:  # past four of Dagster's 60 s refreshes
         assert time.monotonic() < deadline
         time.sleep(5)
     daemon_age, servers = ages
     assert sorted(servers) == IN_PROCESS, servers
     for location, started in servers.items():
-        # One each, started with the daemon's first workspace load, not a minute ago.
-        assert len(started) == 1 and started[0][1] > daemon_age - 90, (location, daemon_age, started)
+        # One each, started with the daemon's first workspace load (slow on a loaded host),
+        # not at one of the last refreshes.
+        assert len(started) == 1 and started[0][1] > daemon_age - 150, (location, daemon_age, started)
 
 
 def test_hello_schedule_is_running(web):

@@ -12,7 +12,9 @@ does not listen for a few seconds, and then forwards to a server still starting:
 launch failed with HTTP 500, the retry was lost for good (DagsterUserCodeUnreachableError,
 gRPC UNAVAILABLE, then UNKNOWN "failed to connect"). The calls a launch makes
 are tried again for up to CODE_SERVER_RESTART_SECONDS while the server is not
-listening; health checks and workspace loads still fail fast.
+listening; health checks and workspace loads still fail fast. When the webserver has
+already marked the location unreachable (its watch of the server saw it go), a launch
+waits as long for the location to load again instead of answering "job not found".
 
 The daemon starts the servers of in-process locations (python_module, python_file,
 python_package) itself, and every 60 s forgets them all and starts new ones, to pick up
@@ -108,6 +110,33 @@ def gen_wait_for_restarts(query):
     return retried
 
 
+def unreachable(context, location: str) -> bool:
+    entry = context.get_location_entry(location)
+    return bool(entry and entry.load_error and entry.load_error.cls_name == "DagsterUserCodeUnreachableError")
+
+
+def launch_after_restarts(do_launch):
+    """dagster_graphql's do_launch, which waits while the location is unreachable; each
+    look is at a new request context (a request's context is a snapshot)."""
+    async def launched(graphene_info, execution_params, *args, **kwargs):
+        try:
+            location = execution_params.selector.location_name
+            deadline = time.monotonic() + CODE_SERVER_RESTART_SECONDS
+            if unreachable(graphene_info.context, location):
+                print(f"launch: location {location} unreachable (code server restarting?), waiting for it "
+                      f"(at most {CODE_SERVER_RESTART_SECONDS:.0f} s)", file=sys.stderr, flush=True)
+            while unreachable(graphene_info.context, location) and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+                context = graphene_info.context
+                graphene_info = graphene_info._replace(
+                    context=context.process_context.create_request_context(source=context._source))
+        except Exception as error:  # never worse than Dagster's own launch
+            print(f"launch: not waiting for the location ({error!r})", file=sys.stderr, flush=True)
+        return await do_launch(graphene_info, execution_params, *args, **kwargs)
+
+    return launched
+
+
 def forget_stopped_servers(registry):
     """GrpcServerRegistry.clear_all_grpc_endpoints for the daemon's periodic refresh: only
     entries whose server failed to start or has exited, so those are started again."""
@@ -127,6 +156,10 @@ if __name__ == "__main__":
     sys.argv[0] = program
     if program == "dagster-daemon":
         GrpcServerRegistry.clear_all_grpc_endpoints = forget_stopped_servers
+    if program == "dagster-webserver":
+        from dagster_graphql.implementation.execution import launch_execution
+
+        launch_execution.do_launch = launch_after_restarts(launch_execution.do_launch)
     (main,) = entry_points(group="console_scripts", name=program)
     try:
         code = main.load()()

@@ -133,14 +133,14 @@ test-molecule: toolchain test-packages
 	if [ $$status -ne 0 ]; then echo "molecule: what failed, last (CI keeps the end of the output):"; \
 	  files/test/molecule-failures.sh $$(cat artifacts/molecule-failed); fi; exit $$status
 
-# Lint first (a few minutes, fails fast); then the locations' suites beside the molecule
-# lanes, whose first minutes wait on downloads and host boots more than on the CPU.
 # What the tests install from Debian, one apt at a time (before anything runs in parallel).
 test-packages:
 	$(MAKE) host-packages EXTRA_PACKAGES="$(TEST_PACKAGES)"
 	command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
 	files/test/warehouse-db.sh install
 
+# Lint first (a few minutes, fails fast); then the locations' suites beside the molecule
+# lanes, whose first minutes wait on downloads and host boots more than on the CPU.
 test: lint test-packages
 	$(MAKE) --no-print-directory -j2 test-locations test-molecule
 

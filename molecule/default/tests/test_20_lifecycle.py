@@ -33,6 +33,14 @@ def converge_with(tmp_path: Path, locations: list[dict]):
     return result, time.monotonic() - started
 
 
+def hello_copied(tmp_path: Path) -> tuple[Path, list[dict]]:
+    """hello's code copied to another folder, and the scenario's locations taking it from there."""
+    source = tmp_path / "hello"
+    shutil.copytree(PROJECT / "code_locations" / "hello", source,
+                    ignore=shutil.ignore_patterns(".venv", "__pycache__", ".pytest_cache"))
+    return source, [dict(loc, source=str(source)) if loc["name"] == "hello" else loc for loc in BASE]
+
+
 def main_pids_all(host) -> dict[str, str]:
     return unit_main_pids(host.check_output(MAIN_PIDS_COMMAND))
 
@@ -92,11 +100,8 @@ def test_add_then_remove_a_location(host, web, tmp_path):
 
     # Back to the scenario's own locations, hello's code taken from another folder: nothing
     # is left to change, and where the same code comes from does not matter.
-    source = tmp_path / "hello"
-    shutil.copytree(PROJECT / "code_locations" / "hello", source,
-                    ignore=shutil.ignore_patterns(".venv", "__pycache__", ".pytest_cache"))
-    result, _ = converge_with(tmp_path, [dict(loc, source=str(source)) if loc["name"] == "hello" else loc
-                                         for loc in BASE])
+    _, locations = hello_copied(tmp_path)
+    result, _ = converge_with(tmp_path, locations)
     assert all(counters["changed"] == 0 for counters in recap(result.stdout).values()), result.stdout[-4000:]
 
 
@@ -111,10 +116,7 @@ def hello_description(web) -> str:
 
 
 def test_a_change_stopped_after_the_copy_is_finished_by_the_next_run(host, web, tmp_path):
-    source = tmp_path / "hello"
-    shutil.copytree(PROJECT / "code_locations" / "hello", source,
-                    ignore=shutil.ignore_patterns(".venv", "__pycache__", ".pytest_cache"))
-    locations = [dict(loc, source=str(source)) if loc["name"] == "hello" else loc for loc in BASE]
+    source, locations = hello_copied(tmp_path)
     units = main_pids_all(host)
 
     marker = f"Say hello, shout it, report it ({uuid.uuid4().hex[:8]})."

@@ -344,12 +344,14 @@ def test_a_power_cut_brings_everything_back(web, host):
     while not (all(host.service(u).is_running for u in units) and daemon_healthy(web) and every_location_loaded(web)):
         assert time.monotonic() - booted < 180, "the platform was not back 180 s after the host booted"
         time.sleep(1)
-    record("power_cut_to_platform_healthy_seconds", round(time.monotonic() - booted, 1))
+    healthy = time.monotonic()
+    record("power_cut_to_platform_healthy_seconds", round(healthy - booted, 1))
 
-    # The run in flight lost its worker: failed, with the reason, soon after the boot.
+    # The run in flight lost its worker: failed, with the reason, once the platform is back
+    # (its code server checks as soon as the database answers).
     assert web.wait_run(in_flight, timeout=120) == "FAILURE", web.run_messages(in_flight)
     record("power_cut_to_in_flight_run_failed_seconds", round(time.monotonic() - booted, 1))
-    assert time.monotonic() - booted <= 120
+    assert time.monotonic() - healthy <= 30
     assert any("The run's worker is gone" in message for message in web.run_messages(in_flight))
     assert web.wait_run(queued) == "SUCCESS", "the run queued before the reboot"
     after = {r["runId"] for r in web.gql("{ runsOrError(limit: 100) { ... on Runs { results { runId } } } }")

@@ -46,7 +46,7 @@ export UV_PYTHON_DOWNLOADS := never
 # the CPU of a warm start (ansible-playbook --version: 2.0 s of CPU, 1.1 s with bytecode).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: help host-packages toolchain lab lab-down lint test-locations locations-pytest test-molecule test bench
+.PHONY: help host-packages toolchain lab lab-down lint test-locations locations-pytest test-packages test-molecule test bench
 
 help:
 	@echo "make lab            boot the local lab host and install the platform on it"
@@ -114,9 +114,7 @@ locations-pytest:
 # platform alongside made every lane slower than running it alone), each scenario's log in
 # artifacts/; a failed lane prints the end of its log.
 MOLECULE_LANES := default multinode,upgrade,pristine
-test-molecule: toolchain
-	$(MAKE) host-packages EXTRA_PACKAGES="$(TEST_PACKAGES)"
-	command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+test-molecule: toolchain test-packages
 	npm ci --prefix molecule/multinode/browser --no-audit --no-fund --silent
 	mkdir -p artifacts && rm -f artifacts/molecule-failed
 	@pids=(); for lane in $(MOLECULE_LANES); do \
@@ -135,7 +133,16 @@ test-molecule: toolchain
 	if [ $$status -ne 0 ]; then echo "molecule: what failed, last (CI keeps the end of the output):"; \
 	  files/test/molecule-failures.sh $$(cat artifacts/molecule-failed); fi; exit $$status
 
-test: lint test-locations test-molecule
+# What the tests install from Debian, one apt at a time (before anything runs in parallel).
+test-packages:
+	$(MAKE) host-packages EXTRA_PACKAGES="$(TEST_PACKAGES)"
+	command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+	files/test/warehouse-db.sh install
+
+# Lint first (a few minutes, fails fast); then the locations' suites beside the molecule
+# lanes, whose first minutes wait on downloads and host boots more than on the CPU.
+test: lint test-packages
+	$(MAKE) --no-print-directory -j2 test-locations test-molecule
 
 # The deploy loop measured on a lab host of its own (not part of `make test`).
 bench: toolchain

@@ -2,6 +2,7 @@
 # A throwaway PostgreSQL for the code locations' own tests: a cluster in a temporary
 # folder, on 127.0.0.1 only, owned by the postgres user.
 #   warehouse-db.sh run CMD...   start it, run CMD with DAGSTER_TEST_WAREHOUSE_URL set, stop it
+#   warehouse-db.sh install      only install PostgreSQL's binaries (if missing)
 # It stops on every exit of CMD (success, failure, interrupt); a cluster left by a killed
 # run is stopped and removed at the next start.
 set -euo pipefail
@@ -20,6 +21,7 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   [ -z "$guard" ] || rm -f "$guard"
   trap - EXIT
 fi
+[ "${1:-}" != install ] || exit 0
 BIN=$(dirname "$(ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")
 as_pg() { runuser -u postgres -- "$@"; }
 

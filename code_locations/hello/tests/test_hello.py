@@ -8,6 +8,10 @@ def test_job_runs_every_op_in_order():
     assert result.output_for_node("report") == {"message": "HELLO, DAGSTER!", "length": 15}
 
 
+def test_job_runs_its_steps_in_the_run_process():
+    assert hello_job.executor_def.name == "in_process"
+
+
 def test_schedule_is_daily_at_ten():
     assert hello_daily.cron_schedule == "0 10 * * *"
     assert defs.resolve_job_def("hello_job") is not None

@@ -2,7 +2,7 @@
 
 import time
 
-from dagster_platform import record
+from dagster_platform import daemon_code_servers, record
 
 UNIT = "dagster-code@platform_alerts.service"
 
@@ -95,13 +95,31 @@ def test_a_run_fails_with_the_reason_when_its_code_server_is_killed(web, host):
 
 
 def test_a_launch_right_after_a_code_server_restart_succeeds(web, host):
-    """The server is not listening yet when the launch asks it for the execution plan:
-    the webserver waits for it (it answered HTTP 500 before)."""
+    """The server is not listening yet when the launch asks it for the execution plan, or
+    the webserver has already marked the location unreachable: either way the launch
+    waits for the server (it answered HTTP 500, or "job not found", before)."""
     since = host.check_output("date +%s")
     host.run_test("systemctl restart dagster-code@hello.service")
     assert web.wait_run(web.launch("hello", "hello_job")) == "SUCCESS"
-    assert "ExecutionPlanSnapshot: code server 127.0.0.1:4000 restarting" in host.check_output(
-        f"journalctl -u dagster-webserver --since @{since} --no-pager")
+    journal = host.check_output(f"journalctl -u dagster-webserver --since @{since} --no-pager")
+    assert "ExecutionPlanSnapshot: code server 127.0.0.1:4000 restarting" in journal \
+        or "launch: location hello unreachable (code server restarting?)" in journal, journal[-3000:]
+
+
+def test_an_in_process_code_server_of_the_daemon_that_died_is_replaced(web, host):
+    """The daemon keeps its servers of in-process locations (test_10); one that exits is
+    started again at the daemon's next workspace refresh (every 60 s), and the runs the
+    daemon launches from its queue then succeed."""
+    _, servers = daemon_code_servers(host)
+    ((pid, _),) = servers["file_example"]
+    host.run_test(f"kill -KILL {pid}")
+    killed = time.monotonic()
+    while not (replaced := daemon_code_servers(host)[1].get("file_example")):
+        assert time.monotonic() - killed < 120, "no new server of file_example in the daemon after 120 s"
+        time.sleep(1)
+    record("daemon_in_process_server_replaced_seconds", round(time.monotonic() - killed, 1))
+    assert [p for p, _ in replaced] != [pid]
+    assert web.wait_run(web.launch("file_example", "file_job")) == "SUCCESS"
 
 
 def failed_units(host, patterns: str = "'dagster-*' 'postgresql*' nginx.service") -> list[str]:

@@ -7,6 +7,7 @@ import copy
 import fcntl
 import json
 import os
+import re
 import ssl
 import subprocess
 import sys
@@ -232,3 +233,17 @@ def web(host, tmp_path_factory) -> Webserver:
     server = platform_webserver(host, tmp_path_factory.mktemp("tls"))
     server.wait_ready()
     return server
+
+
+def daemon_code_servers(host) -> tuple[int, dict[str, list[tuple[int, int]]]]:
+    """The daemon's age in seconds, and its servers of in-process locations: location ->
+    [(pid, age in seconds)]."""
+    daemon = host.check_output("systemctl show -P MainPID dagster-daemon.service")
+    age = int(host.check_output(f"ps -o etimes= -p {daemon}"))
+    servers = {}
+    for line in host.run(f"ps -o pid=,etimes=,args= --ppid {daemon}").stdout.splitlines():  # rc 1: none
+        pid, seconds, args = line.split(None, 2)
+        found = re.search(r"/opt/dagster/locations/(\w+)/venv/bin/python -m dagster api grpc", args)
+        if found:
+            servers.setdefault(found[1], []).append((int(pid), int(seconds)))
+    return age, servers

@@ -30,7 +30,6 @@ def log(message):
 
 
 def fail_runs_left_behind(location):
-    pause = 2
     while True:  # the database may still be starting (boot): try until it answers
         try:
             from dagster import DagsterInstance
@@ -65,9 +64,9 @@ def fail_runs_left_behind(location):
                         )
             return
         except Exception as error:  # keep serving: this is housekeeping
-            log(f"cannot check for runs left behind yet ({error!r}); trying again in {pause} s")
-            time.sleep(pause)
-            pause = min(pause * 2, 30)
+            # Short and steady: one query, and a run left behind should fail soon after boot.
+            log(f"cannot check for runs left behind yet ({error!r}); trying again in 3 s")
+            time.sleep(3)
 
 
 def serve(location, args):

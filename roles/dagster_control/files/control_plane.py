@@ -12,7 +12,16 @@ does not listen for a few seconds, and then forwards to a server still starting:
 launch failed with HTTP 500, the retry was lost for good (DagsterUserCodeUnreachableError,
 gRPC UNAVAILABLE, then UNKNOWN "failed to connect"). The calls a launch makes
 are tried again for up to CODE_SERVER_RESTART_SECONDS while the server is not
-listening; health checks and workspace loads still fail fast.
+listening; health checks and workspace loads still fail fast. When the webserver has
+already marked the location unreachable (its watch of the server saw it go), a launch
+waits as long for the location to load again instead of answering "job not found".
+
+The daemon starts the servers of in-process locations (python_module, python_file,
+python_package) itself, and every 60 s forgets them all and starts new ones, to pick up
+code changed in place: three Pythons importing Dagster and the location's code each
+minute, most of an idle control host's CPU. Here code changes only through a deploy,
+which restarts the daemon; it starts a new server only for a location whose server
+failed or exited.
 
 When the command returns or is interrupted, Dagster has shut itself down (threads
 joined, servers stopped). Python's own teardown after that, which only frees memory,
@@ -29,6 +38,7 @@ from importlib.metadata import entry_points
 
 import grpc
 from dagster._core.errors import DagsterUserCodeUnreachableError
+from dagster._core.remote_representation.grpc_server_registry import GrpcServerRegistry
 from dagster._grpc.client import DagsterGrpcClient
 from sqlalchemy import event, exc
 from sqlalchemy.pool import Pool
@@ -100,6 +110,43 @@ def gen_wait_for_restarts(query):
     return retried
 
 
+def unreachable(context, location: str) -> bool:
+    entry = context.get_location_entry(location)
+    return bool(entry and entry.load_error and entry.load_error.cls_name == "DagsterUserCodeUnreachableError")
+
+
+def launch_after_restarts(do_launch):
+    """dagster_graphql's do_launch, which waits while the location is unreachable; each
+    look is at a new request context (a request's context is a snapshot)."""
+    async def launched(graphene_info, execution_params, *args, **kwargs):
+        try:
+            location = execution_params.selector.location_name
+            deadline = time.monotonic() + CODE_SERVER_RESTART_SECONDS
+            if unreachable(graphene_info.context, location):
+                print(f"launch: location {location} unreachable (code server restarting?), waiting for it "
+                      f"(at most {CODE_SERVER_RESTART_SECONDS:.0f} s)", file=sys.stderr, flush=True)
+            while unreachable(graphene_info.context, location) and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+                context = graphene_info.context
+                graphene_info = graphene_info._replace(
+                    context=context.process_context.create_request_context(source=context._source))
+        except Exception as error:  # never worse than Dagster's own launch
+            print(f"launch: not waiting for the location ({error!r})", file=sys.stderr, flush=True)
+        return await do_launch(graphene_info, execution_params, *args, **kwargs)
+
+    return launched
+
+
+def forget_stopped_servers(registry):
+    """GrpcServerRegistry.clear_all_grpc_endpoints for the daemon's periodic refresh: only
+    entries whose server failed to start or has exited, so those are started again."""
+    with registry._lock:
+        for origin_id, entry in list(registry._active_entries.items()):
+            process = getattr(entry, "process", None)  # an ErrorRegistryEntry has none
+            if process is None or process.server_process.poll() is not None:
+                del registry._active_entries[origin_id]
+
+
 DagsterGrpcClient._query = wait_for_restarts(DagsterGrpcClient._query)
 DagsterGrpcClient._gen_query = gen_wait_for_restarts(DagsterGrpcClient._gen_query)
 
@@ -107,12 +154,18 @@ DagsterGrpcClient._gen_query = gen_wait_for_restarts(DagsterGrpcClient._gen_quer
 if __name__ == "__main__":
     program = sys.argv.pop(1)
     sys.argv[0] = program
+    if program == "dagster-daemon":
+        GrpcServerRegistry.clear_all_grpc_endpoints = forget_stopped_servers
+    if program == "dagster-webserver":
+        from dagster_graphql.implementation.execution import launch_execution
+
+        launch_execution.do_launch = launch_after_restarts(launch_execution.do_launch)
     (main,) = entry_points(group="console_scripts", name=program)
     try:
         code = main.load()()
     except SystemExit as done:
         code = done.code
-    except KeyboardInterrupt:  # how Dagster passes on a SIGTERM that came while it was starting
+    except KeyboardInterrupt:  # a stop signal that reached Python as KeyboardInterrupt
         code = 0
     if code is not None and not isinstance(code, int):
         print(code, file=sys.stderr)

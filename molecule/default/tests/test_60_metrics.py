@@ -67,12 +67,18 @@ def test_a_stopped_code_server_shows_in_the_next_scrape(web, host):
 
 
 def test_node_exporter_serves_the_host_s_metrics(host):
+    # Not the root file system's: the lab's hosts boot from an overlay, which the node
+    # exporter leaves out by default.
     samples = scrape(host, NODE)
-    assert any(name == "node_filesystem_avail_bytes" and ("mountpoint", "/") in labels for name, labels in samples)
+    assert value(samples, "node_memory_MemTotal_bytes") > 0
+    assert any(name == "node_load1" for name, _ in samples)
 
 
 def test_metrics_ports_admit_the_scrapers_only(host):
-    """The lab lists no scrapers: the controller, on the hosts' bridge, is reset."""
+    """The lab lists no scrapers: the controller, on the hosts' bridge, is reset, though
+    both exporters listen on every address."""
+    listening = host.check_output("ss -Hltn")
+    assert re.search(rf"0\.0\.0\.0:{EXPORTER}\b", listening) and re.search(rf"(\*|\[::\]|0\.0\.0\.0):{NODE}\b", listening), listening
     address = host.ansible.get_variables()["ansible_host"]
     refused = {}
     for port in (EXPORTER, NODE):

@@ -174,7 +174,9 @@ def test_grpc_ports_admit_the_control_host_only(host, code1, code2, outsider):
 
 
 def test_metrics_ports_admit_the_scraper_only(host, db, code1, code2, outsider):
-    """dagster_metrics_scrapers lists the control host: it scrapes every host; the outsider is reset."""
+    """dagster_metrics_scrapers lists the control host: it scrapes every host; the outsider is reset.
+    (The control host reaches its own exporter over loopback, always admitted: its 9815 is
+    checked from the outsider only.)"""
     observed = {}
     for target, port in ((db, 9100), (code1, 9100), (code2, 9100), (host, 9815)):
         scraped = host.run("python3 -c %s %s %s", TCP_PROBE, address(target), port)
@@ -210,7 +212,8 @@ def test_prometheus_scrapes_every_host_and_its_rules_pass_their_tests(host):
         time.sleep(2)
     rules = {r["name"] for g in prometheus(host, "rules")["groups"] for r in g["rules"]}
     assert {"DagsterDaemonHeartbeatStale", "DagsterLocationNotLoaded", "DagsterCodeServerUnreachable",
-            "DagsterRunFailureRatio", "DagsterRunQueueStuck", "DagsterBackupTooOld", "DiskAlmostFull"} <= rules
+            "DagsterRunFailureRatio", "DagsterRunQueueStuck", "DagsterBackupTooOld", "DagsterBackupFailed",
+            "DiskAlmostFull", "DagsterExporterDown"} <= rules
     tests = host.run("mktemp /tmp/alert-rules-XXXXXX.yml").stdout.strip()
     try:
         content = base64.b64encode((Path(__file__).parent / "alert_rules_test.yml").read_bytes()).decode()
@@ -252,12 +255,13 @@ def test_a_stopped_code_server_fires_its_alert(host, code2):
 
 
 @pytest.mark.parametrize("action", ["enable --now", "restart", "reload", "stop"])
-def test_grpc_firewall_survives_the_distribution_s_nftables_service(host, code1, outsider, action):
+def test_firewalls_survive_the_distribution_s_nftables_service(host, code1, outsider, action):
     # Debian's nftables.service flushes the whole ruleset on each of these.
     code1.run_test(f"systemctl {action} nftables.service")
-    assert code1.run("nft list table inet dagster_code").rc == 0, action
-    assert outsider.check_output("python3 -c %s %s %s", TCP_PROBE, address(code1), "4000") == "refused", action
-    assert host.check_output("python3 -c %s %s %s", TCP_PROBE, address(code1), "4000") == "open", action
+    for table, port in (("dagster_code", "4000"), ("dagster_metrics", "9100")):
+        assert code1.run(f"nft list table inet {table}").rc == 0, (action, table)
+        assert outsider.check_output("python3 -c %s %s %s", TCP_PROBE, address(code1), port) == "refused", (action, port)
+        assert host.check_output("python3 -c %s %s %s", TCP_PROBE, address(code1), port) == "open", (action, port)
 
 
 def test_every_location_loaded(web):

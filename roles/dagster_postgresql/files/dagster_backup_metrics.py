@@ -3,8 +3,7 @@
 
     dagster-backup-metrics DIR MAX_AGE_HOURS TEXTFILE_DIR
 
-Run as root after every dump (pg-dump-dagster.service's ExecStopPost), and by the
-playbook: reads DIR/status.json and writes TEXTFILE_DIR/dagster_backup.prom in one
+Run as root after every dump (pg-dump-dagster.service's ExecStopPost): reads DIR/status.json and writes TEXTFILE_DIR/dagster_backup.prom in one
 rename. Does nothing when TEXTFILE_DIR does not exist (no node exporter).
 """
 

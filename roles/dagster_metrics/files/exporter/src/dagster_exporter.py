@@ -6,7 +6,8 @@ database login) at each scrape and serves the answer in Prometheus' text format:
     python dagster_exporter.py --graphql http://127.0.0.1:3000/graphql --listen 10.0.0.5:9815 \
         --locations /opt/dagster/exporter/code-servers.json
 
-Labels stay bounded: job, location, daemon, status; never a run id.
+Labels stay bounded: job_name, location, daemon, status; never a run id. (Not `job`:
+Prometheus sets that label to the scrape job's name.)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import socket
 import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -28,6 +30,10 @@ IN_FLIGHT = ["QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"]
 FINISHED = ["SUCCESS", "FAILURE", "CANCELED"]
 # Seconds; a run of a data pipeline takes from seconds to hours.
 DURATION_BUCKETS = [1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400]
+# A run's update time and this clock may differ by a bit: each poll looks back this far.
+LOOK_BACK_SECONDS = 60
+# A code server answers a connection at once or not at all: one second, all probed at once.
+PROBE_SECONDS = 1.0
 
 STATE_QUERY = """
 query {
@@ -37,7 +43,8 @@ query {
   }
   workspaceOrError {
     __typename
-    ... on Workspace { locationEntries { name loadStatus locationOrLoadError { __typename } } }
+    ... on Workspace { locationEntries { name loadStatus locationOrLoadError {
+      __typename ... on RepositoryLocation { repositories { jobs { name } } } } } }
   }
   %s
 }
@@ -78,20 +85,23 @@ def reachable(address: str, port: int, timeout: float) -> bool:
 @dataclass
 class FinishedRuns:
     """Counters and the duration histogram of runs that finished since the exporter
-    started (Prometheus counters start at zero with their process)."""
+    started (Prometheus counters start at zero with their process).
+
+    Each poll asks only for runs updated after `after` (the newest update seen, less
+    LOOK_BACK_SECONDS), so a poll costs the same after a day as after a minute. `seen`
+    keeps the runs that a later poll may return again; a run that finished before the
+    window (its row updated later, e.g. a tag added) is not counted again."""
 
     since: float = field(default_factory=time.time)
+    after: float | None = None
     counts: dict = field(default_factory=dict)  # (job, status) -> runs
     buckets: dict = field(default_factory=dict)  # job -> runs per duration bucket
     observed: dict = field(default_factory=dict)  # job -> runs with a duration
     sums: dict = field(default_factory=dict)  # job -> their total seconds
-    seen: dict = field(default_factory=dict)  # run id -> update time, to count each once
+    seen: dict = field(default_factory=dict)  # run id -> when it finished, to count each once
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, run: dict) -> None:
-        if run["runId"] in self.seen:
-            return
-        self.seen[run["runId"]] = run["updateTime"] or time.time()
         key = (run["jobName"], run["status"])
         self.counts[key] = self.counts.get(key, 0) + 1
         if run["startTime"] and run["endTime"]:
@@ -104,26 +114,36 @@ class FinishedRuns:
             self.sums[job] = self.sums.get(job, 0.0) + seconds
             self.observed[job] = self.observed.get(job, 0) + 1
 
+    def known(self, jobs) -> None:
+        """Every (job, status) series exists from 0 before its first run finishes, so that
+        Prometheus' increase() counts that first run too."""
+        with self.lock:
+            for job in jobs:
+                for status in FINISHED:
+                    self.counts.setdefault((job, status), 0)
+
     def poll(self, url: str, timeout: float) -> None:
         with self.lock:
-            # Look back a little: a run's update time and our clock may differ by a bit.
-            after, cursor = self.since - 60, None
-            newest = self.since
+            after = self.since - LOOK_BACK_SECONDS if self.after is None else self.after
+            oldest = max(self.since, after - LOOK_BACK_SECONDS)  # finished earlier: counted or before our time
+            cursor, newest = None, after
             while True:
                 data = graphql(url, FINISHED_QUERY, {"after": after, "cursor": cursor}, timeout)["runsOrError"]
                 if data["__typename"] != "Runs":
                     raise ScrapeError(f"runsOrError: {data['__typename']}")
                 results = data["results"]
                 for run in results:
-                    if run["runId"] not in self.seen and (run["endTime"] or 0) >= self.since:
+                    finished = run["endTime"] or run["updateTime"] or 0
+                    if run["runId"] not in self.seen and finished >= oldest:
+                        self.seen[run["runId"]] = finished
                         self.add(run)
-                    newest = max(newest, run["updateTime"] or 0)
+                    newest = max(newest, (run["updateTime"] or 0) - LOOK_BACK_SECONDS)
                 if len(results) < 500:
                     break
                 cursor = results[-1]["runId"]
-            # Forget what is too old to come back in a window.
-            horizon = newest - 3600
-            self.seen = {k: v for k, v in self.seen.items() if v >= horizon}
+            self.after = newest
+            horizon = newest - LOOK_BACK_SECONDS  # the next poll's `oldest`
+            self.seen = {run_id: finished for run_id, finished in self.seen.items() if finished >= horizon}
 
 
 class DagsterCollector:
@@ -151,6 +171,10 @@ class DagsterCollector:
             self.finished.poll(self.url, self.timeout)
         except Exception:
             self._failed("finished_runs")
+        if state is not None and state["workspaceOrError"]["__typename"] == "Workspace":
+            self.finished.known(job["name"] for entry in state["workspaceOrError"]["locationEntries"]
+                                for repository in (entry["locationOrLoadError"] or {}).get("repositories", [])
+                                for job in repository["jobs"])
 
         yield GaugeMetricFamily("dagster_up", "1 when the webserver answered this scrape's GraphQL query.", value=up)
         if state is not None:
@@ -204,13 +228,13 @@ class DagsterCollector:
         finished = self.finished
         with finished.lock:
             total = CounterMetricFamily("dagster_runs_finished", "Runs finished since the exporter started, by job and status.",
-                                        labels=["job", "status"])
+                                        labels=["job_name", "status"])
             for (job, status), n in sorted(finished.counts.items()):
                 total.add_metric([job, status], n)
             yield total
             duration = HistogramMetricFamily("dagster_run_duration_seconds",
                                              "Duration of the runs finished since the exporter started, by job.",
-                                             labels=["job"])
+                                             labels=["job_name"])
             for job, buckets in sorted(finished.buckets.items()):
                 count = finished.observed[job]
                 pairs = [(str(bound), n) for bound, n in zip(DURATION_BUCKETS, buckets)] + [("+Inf", count)]
@@ -228,9 +252,11 @@ class DagsterCollector:
             except (OSError, ValueError):
                 self._failed("code_servers")
                 locations = []
-        for location in locations:
-            ok = reachable(location["address"], location["port"], min(self.timeout, 3.0))
-            up.add_metric([location["name"]], 1 if ok else 0)
+        if locations:
+            with ThreadPoolExecutor(min(len(locations), 32)) as pool:
+                answers = pool.map(lambda loc: reachable(loc["address"], loc["port"], PROBE_SECONDS), locations)
+                for location, ok in zip(locations, answers):
+                    up.add_metric([location["name"]], 1 if ok else 0)
         yield up
 
 

@@ -76,10 +76,16 @@ def scrape(collector) -> dict:
     return samples
 
 
-def execute(dagster, job: str) -> None:
+def execute(dagster, job: str) -> str:
+    """A run of JOB in the instance the webserver reads; its run id."""
     script = (f"import sys; sys.path.insert(0, {str(HERE)!r}); import dagster as dg, defs; "
-              f"defs.{job}.execute_in_process(instance=dg.DagsterInstance.get(), raise_on_error=False)")
-    subprocess.run([sys.executable, "-c", script], env=dagster["env"], check=True, capture_output=True)
+              f"print(defs.{job}.execute_in_process(instance=dg.DagsterInstance.get(), raise_on_error=False).run_id)")
+    return subprocess.run([sys.executable, "-c", script], env=dagster["env"], check=True, capture_output=True,
+                          text=True).stdout.strip().splitlines()[-1]
+
+
+def finished(samples: dict, job: str, status: str):
+    return samples.get(("dagster_runs_finished_total", (("job_name", job), ("status", status))))
 
 
 def test_finished_runs_are_counted_by_job_and_status(dagster):
@@ -87,16 +93,38 @@ def test_finished_runs_are_counted_by_job_and_status(dagster):
     collector = DagsterCollector(dagster["url"], [])
     before = scrape(collector)
     assert before[("dagster_up", ())] == 1
-    assert ("dagster_runs_finished_total", (("job", "ok_job"), ("status", "SUCCESS"))) not in before
+    # Every known job's series exist from 0, so that increase() counts their first run.
+    assert {(job, status): finished(before, job, status) for job in ("ok_job", "failing_job")
+            for status in ("SUCCESS", "FAILURE", "CANCELED")} == {
+        (job, status): 0 for job in ("ok_job", "failing_job") for status in ("SUCCESS", "FAILURE", "CANCELED")}
     execute(dagster, "ok_job")
     execute(dagster, "failing_job")
     after = scrape(collector)
-    assert after[("dagster_runs_finished_total", (("job", "ok_job"), ("status", "SUCCESS")))] == 1
-    assert after[("dagster_runs_finished_total", (("job", "failing_job"), ("status", "FAILURE")))] == 1
-    assert after[("dagster_run_duration_seconds_count", (("job", "ok_job"),))] == 1
+    assert finished(after, "ok_job", "SUCCESS") == 1
+    assert finished(after, "failing_job", "FAILURE") == 1
+    assert after[("dagster_run_duration_seconds_count", (("job_name", "ok_job"),))] == 1
     # Counted once, however often scraped.
     again = scrape(collector)
-    assert again[("dagster_runs_finished_total", (("job", "ok_job"), ("status", "SUCCESS")))] == 1
+    assert finished(again, "ok_job", "SUCCESS") == 1
+
+
+def test_a_run_updated_after_its_window_is_not_counted_again(dagster, monkeypatch):
+    """Each poll asks only for runs updated since the last one (less a look-back) and
+    forgets the runs older than that: a finished run whose row changes later (a tag) comes
+    back in a poll, and must not be counted twice."""
+    import dagster_exporter
+    monkeypatch.setattr(dagster_exporter, "LOOK_BACK_SECONDS", 0)
+    collector = dagster_exporter.DagsterCollector(dagster["url"], [])
+    scrape(collector)
+    first = execute(dagster, "ok_job")
+    assert finished(scrape(collector), "ok_job", "SUCCESS") == 1
+    time.sleep(1.1)
+    execute(dagster, "ok_job")
+    assert finished(scrape(collector), "ok_job", "SUCCESS") == 2
+    assert first not in collector.finished.seen  # older than the window: forgotten
+    script = (f"import dagster as dg; dg.DagsterInstance.get().add_run_tags({first!r}, {{'touched': 'later'}})")
+    subprocess.run([sys.executable, "-c", script], env=dagster["env"], check=True, capture_output=True)
+    assert finished(scrape(collector), "ok_job", "SUCCESS") == 2
 
 
 def test_state_of_the_platform(dagster):

@@ -30,15 +30,18 @@ def value(samples: dict, name: str, default=0.0, **labels) -> float:
 def test_exporter_counts_known_runs(web, host):
     before = scrape(host, EXPORTER)
     assert value(before, "dagster_up") == 1
+    # Every loaded job's series exist before its runs finish (from 0 for a job never run).
+    assert all(value(before, "dagster_runs_finished_total", default=None, job_name="gate_drill_job", status=status)
+               is not None for status in ("SUCCESS", "FAILURE", "CANCELED")), before
     succeeded = web.launch("hello", "hello_job")
     failed = web.launch("platform_alerts", "gate_drill_job", run_config={
         "ops": {"wait_for_gate": {"config": {"gate_file": "/nonexistent/gate", "timeout_seconds": 1.0}}}})
     assert (web.wait_run(succeeded), web.wait_run(failed)) == ("SUCCESS", "FAILURE")
     after = scrape(host, EXPORTER)
     for job, status in (("hello_job", "SUCCESS"), ("gate_drill_job", "FAILURE")):
-        labels = {"job": job, "status": status}
+        labels = {"job_name": job, "status": status}
         assert value(after, "dagster_runs_finished_total", **labels) == value(before, "dagster_runs_finished_total", **labels) + 1
-    assert value(after, "dagster_run_duration_seconds_count", job="hello_job") >= 1
+    assert value(after, "dagster_run_duration_seconds_count", job_name="hello_job") >= 1
     assert value(after, "dagster_run_queue_limit") == 10
     assert value(after, "dagster_run_queue_depth", default=None) is not None
     ages = {dict(labels)["daemon"]: v for (name, labels), v in after.items() if name == "dagster_daemon_heartbeat_age_seconds"}

@@ -178,7 +178,7 @@ def test_metrics_ports_admit_the_scraper_only(host, db, code1, code2, outsider):
     (The control host reaches its own exporter over loopback, always admitted: its 9815 is
     checked from the outsider only.)"""
     observed = {}
-    for target, port in ((db, 9100), (code1, 9100), (code2, 9100), (host, 9815)):
+    for target, port in ((db, "9100"), (code1, "9100"), (code2, "9100"), (host, "9815")):
         scraped = host.run("python3 -c %s %s %s", TCP_PROBE, address(target), port)
         refused = outsider.run("python3 -c %s %s %s", TCP_PROBE, address(target), port)
         observed[f"{name(target)}:{port}"] = {"control": scraped.stdout.strip(), "outsider": refused.stdout.strip()}

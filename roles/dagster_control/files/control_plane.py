@@ -10,11 +10,13 @@ A launch asks the location's code server for the execution plan, and so does the
 daemon when it retries a failed run. While that server restarts (new code, a crash) it
 does not listen for a few seconds, and then forwards to a server still starting: the
 launch failed with HTTP 500, the retry was lost for good (DagsterUserCodeUnreachableError,
-gRPC UNAVAILABLE, then UNKNOWN "failed to connect"). The calls a launch makes
-are tried again for up to CODE_SERVER_RESTART_SECONDS while the server is not
-listening; health checks and workspace loads still fail fast. When the webserver has
-already marked the location unreachable (its watch of the server saw it go), a launch
-waits as long for the location to load again instead of answering "job not found".
+gRPC UNAVAILABLE, then UNKNOWN "failed to connect"). The calls a launch makes are
+tried again while the server is not listening: for up to CODE_SERVER_RESTART_SECONDS
+in the webserver (a user waits on the launch), DAEMON_CODE_SERVER_RESTART_SECONDS in
+the daemon (a retry was lost when a drain and a start under load took 42 s). Health
+checks and workspace loads still fail fast. When the webserver has already marked the
+location unreachable (its watch of the server saw it go), a launch waits as long for
+the location to load again instead of answering "job not found".
 
 The daemon starts the servers of in-process locations (python_module, python_file,
 python_package) itself, and every 60 s forgets them all and starts new ones, to pick up
@@ -43,7 +45,8 @@ from dagster._grpc.client import DagsterGrpcClient
 from sqlalchemy import event, exc
 from sqlalchemy.pool import Pool
 
-CODE_SERVER_RESTART_SECONDS = 30.0
+CODE_SERVER_RESTART_SECONDS = 30.0  # the daemon's: DAEMON_CODE_SERVER_RESTART_SECONDS
+DAEMON_CODE_SERVER_RESTART_SECONDS = 120.0
 LAUNCH_METHODS = {"ExecutionPlanSnapshot", "ExternalPipelineSubsetSnapshot", "ExternalJob"}
 
 
@@ -156,6 +159,7 @@ if __name__ == "__main__":
     sys.argv[0] = program
     if program == "dagster-daemon":
         GrpcServerRegistry.clear_all_grpc_endpoints = forget_stopped_servers
+        CODE_SERVER_RESTART_SECONDS = DAEMON_CODE_SERVER_RESTART_SECONDS
     if program == "dagster-webserver":
         from dagster_graphql.implementation.execution import launch_execution
 

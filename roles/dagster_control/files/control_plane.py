@@ -45,7 +45,7 @@ from dagster._grpc.client import DagsterGrpcClient
 from sqlalchemy import event, exc
 from sqlalchemy.pool import Pool
 
-CODE_SERVER_RESTART_SECONDS = 30.0  # the daemon's: DAEMON_CODE_SERVER_RESTART_SECONDS
+CODE_SERVER_RESTART_SECONDS = 30.0  # the webserver's; the daemon's is set below, at start
 DAEMON_CODE_SERVER_RESTART_SECONDS = 120.0
 LAUNCH_METHODS = {"ExecutionPlanSnapshot", "ExternalPipelineSubsetSnapshot", "ExternalJob"}
 

@@ -25,6 +25,13 @@ minute, most of an idle control host's CPU. Here code changes only through a dep
 which restarts the daemon; it starts a new server only for a location whose server
 failed or exited.
 
+Both read workspace.yaml again on SIGHUP (`systemctl reload`), as the daemon does by
+itself every 60 s: every location is read from its running server (no server restarts,
+no run in flight touched), and an in-process location gets a server only if it has none
+yet or its server exited. When a service has read the workspace (at start, and at each
+reload) it writes the SHA-1 of the file it read to $DAGSTER_WORKSPACE_LOADED_FILE, so a
+deploy can tell which services still run an older workspace (workspace_sync.py).
+
 When the command returns or is interrupted, Dagster has shut itself down (threads
 joined, servers stopped). Python's own teardown after that, which only frees memory,
 took a stopped daemon 15-20 s of CPU on a loaded host, past its unit's stop timeout:
@@ -32,15 +39,20 @@ it is skipped.
 """
 
 import asyncio
+import hashlib
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from importlib.metadata import entry_points
 
 import grpc
 from dagster._core.errors import DagsterUserCodeUnreachableError
 from dagster._core.remote_representation.grpc_server_registry import GrpcServerRegistry
+from dagster._core.workspace.context import WorkspaceProcessContext
+from dagster._daemon.controller import RELOAD_WORKSPACE_INTERVAL, DagsterDaemonController
 from dagster._grpc.client import DagsterGrpcClient
 from sqlalchemy import event, exc
 from sqlalchemy.pool import Pool
@@ -150,20 +162,106 @@ def forget_stopped_servers(registry):
                 del registry._active_entries[origin_id]
 
 
+WORKSPACE_LOADED_FILE = os.environ.get("DAGSTER_WORKSPACE_LOADED_FILE")
+workspace_file = None  # set from the command line
+reload_requested = threading.Event()
+
+
+def workspace_digest() -> str | None:
+    try:
+        with open(workspace_file, "rb") as workspace:
+            return hashlib.sha1(workspace.read()).hexdigest()
+    except (OSError, TypeError):
+        return None
+
+
+def tell_workspace_loaded(digest: str | None) -> None:
+    """Atomically, so that a reader sees the old digest or the new one."""
+    if not WORKSPACE_LOADED_FILE or digest is None:
+        return
+    partial = f"{WORKSPACE_LOADED_FILE}.partial"
+    with open(partial, "w") as out:
+        out.write(digest + "\n")
+    os.replace(partial, WORKSPACE_LOADED_FILE)
+
+
+def telling_workspace_loaded(load):
+    """Wraps a WorkspaceProcessContext method that reads workspace.yaml. The digest is
+    taken before the read: if the file changes meanwhile, the next deploy reloads again."""
+    def loaded(self, *args, **kwargs):
+        digest = workspace_digest()
+        result = load(self, *args, **kwargs)
+        tell_workspace_loaded(digest)
+        return result
+
+    return loaded
+
+
+def refresh_keeping_servers(context) -> None:
+    registry = getattr(context, "_grpc_server_registry", None)
+    if registry is not None:
+        forget_stopped_servers(registry)
+    context.refresh_workspace()
+
+
+def webserver_reloader(contexts: list) -> None:
+    """The webserver's thread that serves SIGHUP (a signal handler must not block the
+    event loop), for every workspace context the webserver made."""
+    while True:
+        reload_requested.wait()
+        reload_requested.clear()
+        for context in list(contexts):
+            try:
+                started = time.monotonic()
+                refresh_keeping_servers(context)
+                print(f"reload: workspace read again in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+            except Exception as error:  # the deploy waiting for the digest reports it
+                print(f"reload: reading the workspace failed ({error!r})", file=sys.stderr, flush=True)
+
+
+def reload_on_request(check_workspace_freshness):
+    """The daemon's periodic refresh (its main loop, every 5 s), due at once after SIGHUP."""
+    def checked(self, last_workspace_update_time: float) -> float:
+        if reload_requested.is_set():
+            reload_requested.clear()
+            last_workspace_update_time = min(last_workspace_update_time, time.time() - RELOAD_WORKSPACE_INTERVAL - 1)
+        return check_workspace_freshness(self, last_workspace_update_time)
+
+    return checked
+
+
 DagsterGrpcClient._query = wait_for_restarts(DagsterGrpcClient._query)
 DagsterGrpcClient._gen_query = gen_wait_for_restarts(DagsterGrpcClient._gen_query)
 
 
 if __name__ == "__main__":
+    # The default action of SIGHUP ends the process: take it over first.
+    signal.signal(signal.SIGHUP, lambda signum, frame: reload_requested.set())
     program = sys.argv.pop(1)
     sys.argv[0] = program
+    for flag in ("--workspace", "-w"):
+        if flag in sys.argv[:-1]:
+            workspace_file = sys.argv[sys.argv.index(flag) + 1]
+    for method in ("__init__", "refresh_workspace", "reload_workspace"):
+        setattr(WorkspaceProcessContext, method, telling_workspace_loaded(getattr(WorkspaceProcessContext, method)))
     if program == "dagster-daemon":
         GrpcServerRegistry.clear_all_grpc_endpoints = forget_stopped_servers
+        DagsterDaemonController.check_workspace_freshness = reload_on_request(
+            DagsterDaemonController.check_workspace_freshness)
         CODE_SERVER_RESTART_SECONDS = DAEMON_CODE_SERVER_RESTART_SECONDS
     if program == "dagster-webserver":
         from dagster_graphql.implementation.execution import launch_execution
 
         launch_execution.do_launch = launch_after_restarts(launch_execution.do_launch)
+        contexts = []
+        made = WorkspaceProcessContext.__init__
+
+        def remembered(self, *args, **kwargs):
+            made(self, *args, **kwargs)
+            contexts.append(self)
+
+        WorkspaceProcessContext.__init__ = remembered
+        threading.Thread(target=webserver_reloader, args=(contexts,), name="workspace-reloader", daemon=True).start()
     (main,) = entry_points(group="console_scripts", name=program)
     try:
         code = main.load()()

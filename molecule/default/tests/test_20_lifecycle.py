@@ -15,8 +15,8 @@ from dagster_platform import (LAB_SECRETS, MAIN_PIDS_COMMAND, PROJECT, recap, re
 BASE = yaml.safe_load((PROJECT / "inventory/lab/group_vars/all/locations.yml").read_text())["dagster_locations"]
 NEW = {"name": "hello_two", "source": "code_locations/hello", "module": "hello.definitions", "port": 4011}
 # A changed workspace is read by reloading the daemon and the webserver: none restarts.
-KEEP = ["dagster-webserver.service", "dagster-daemon.service", "dagster-code@hello.service",
-        "dagster-code@assets_quickstart.service"]
+READERS = ["dagster-daemon", "dagster-webserver", "dagster-webserver-read-only"]
+KEEP = [f"{unit}.service" for unit in READERS] + ["dagster-code@hello.service", "dagster-code@assets_quickstart.service"]
 
 
 def main_pids(host) -> dict[str, str]:
@@ -50,8 +50,7 @@ def main_pid(host, unit: str) -> str:
 
 def workspace_read(host) -> dict[str, str]:
     """The digest of the workspace each control-plane service last read (control_plane.py)."""
-    return {unit: host.file(f"/run/{unit}/workspace.sha1").content_string.strip()
-            for unit in ("dagster-daemon", "dagster-webserver")}
+    return {unit: host.file(f"/run/{unit}/workspace.sha1").content_string.strip() for unit in READERS}
 
 
 def test_add_then_remove_a_location(host, web, tmp_path):
@@ -85,6 +84,9 @@ def test_add_then_remove_a_location(host, web, tmp_path):
     entries = web.wait_loaded()
     assert entries["hello_two"]["loadStatus"] == "LOADED"
     assert entries["hello_two"]["locationOrLoadError"]["__typename"] == "RepositoryLocation"
+    # Viewers log in to the read-only webserver, which shows it as well.
+    viewer = web.as_user("viewer", (LAB_SECRETS / "viewer_password").read_text().strip())
+    assert viewer.locations()["hello_two"]["loadStatus"] == "LOADED"
     # Launched at once: a daemon that had not read the location would fail the run for good.
     assert web.wait_run(web.launch("hello_two", "hello_job")) == "SUCCESS"
     record("add_location_finishing_converge_seconds", round(seconds, 1))
@@ -100,6 +102,7 @@ def test_add_then_remove_a_location(host, web, tmp_path):
     assert not host.user("dagster-hello_two").exists and not host.group("dagster-hello_two").exists
     assert "hello_two" not in host.file("/etc/dagster/workspace.yaml").content_string
     assert "hello_two" not in web.wait_loaded()
+    assert "hello_two" not in viewer.locations()
     assert main_pids(host) == pids, "removing a location restarted something"
     workspace_digest = host.check_output("sha1sum /etc/dagster/workspace.yaml").split()[0]
     assert set(workspace_read(host).values()) == {workspace_digest}, "a service did not read the new workspace"

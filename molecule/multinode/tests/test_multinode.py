@@ -382,16 +382,15 @@ def test_a_code_server_bound_to_loopback_on_a_code_host_is_refused(host, code1, 
 
 
 def test_adding_a_code_host_is_inventory_only(host, db, code1, code2, outsider, web, tmp_path):
-    """Last: the outsider joins dagster_code with a location of its own; nothing else restarts
-    but the daemon, which a changed workspace restarts so that it knows the new location."""
+    """Last: the outsider joins dagster_code with a location of its own; nothing else
+    restarts: the daemon and the webservers are reloaded to read the new workspace."""
     services = {
-        host: ["dagster-webserver", "nginx"],
+        host: ["dagster-webserver", "dagster-webserver-read-only", "dagster-daemon", "nginx"],
         db: ["postgresql@15-main"],
         code1: ["dagster-code@hello", "dagster-code@assets_quickstart", "dagster-code@etl"],
         code2: ["dagster-code@isolation_remote"],
     }
     before = {name(h): main_pids(h, units) for h, units in services.items()}
-    daemon = main_pids(host, ["dagster-daemon"])
     joins = tmp_path / "code3.yml"
     joins.write_text(yaml.safe_dump({"dagster_code": {"hosts": {name(outsider): None}}}))
     locations = yaml.safe_load((PROJECT / "inventory/lab-multinode/group_vars/all/locations.yml").read_text())
@@ -417,4 +416,6 @@ def test_adding_a_code_host_is_inventory_only(host, db, code1, code2, outsider, 
     assert web.wait_run(run_id) == "SUCCESS"
     assert materialized_by(web, run_id)["hostname"] == outsider.check_output("hostname")
     assert {name(h): main_pids(h, units) for h, units in services.items()} == before
-    assert main_pids(host, ["dagster-daemon"]) != daemon
+    workspace = host.check_output("sha1sum /etc/dagster/workspace.yaml").split()[0]
+    for unit in services[host][:3]:
+        assert host.file(f"/run/{unit}/workspace.sha1").content_string.strip() == workspace, f"{unit} did not read it"

@@ -20,11 +20,13 @@ LAB_INVENTORY := inventory/lab-multinode
 LAB_HOSTS := dg-db=10.77.0.31 dg-control=10.77.0.32 dg-code1=10.77.0.33 dg-code2=10.77.0.34
 LAB_URL := https://10.77.0.32
 LAB_STANDINS_URL :=
+LAB_PGADMIN :=
 else
 LAB_INVENTORY := inventory/lab
 LAB_HOSTS := dagster-lab=10.77.0.10
 LAB_URL := https://10.77.0.10
 LAB_STANDINS_URL := http://10.77.0.10:8900
+LAB_PGADMIN := $(LAB_URL)/pgadmin/  (user admin@example.com, password: sudo cat /var/lib/dagster-lab/secrets/pgadmin_password)
 endif
 LOCATIONS := $(sort $(dir $(wildcard code_locations/*/pyproject.toml)))
 # The platform's own Python tools with tests of their own.
@@ -80,6 +82,7 @@ lab: toolchain
 	@echo "            password: sudo cat /var/lib/dagster-lab/secrets/ui_password)"
 	@echo "Read-only:  the same URL as user viewer, password: sudo cat /var/lib/dagster-lab/secrets/viewer_password"
 	@echo "Health:     ansible-playbook -i $(LAB_INVENTORY) playbooks/status.yml"
+	@[ -z "$(LAB_PGADMIN)" ] || echo "pgAdmin:    $(LAB_PGADMIN)"
 	@[ -z "$(LAB_STANDINS_URL)" ] || echo "Stand-ins for outside services: $(LAB_STANDINS_URL)  (alerts received: $(LAB_STANDINS_URL)/alerts/received)"
 	@echo "Inside a host: python3 files/lab/lab.py shell $(firstword $(subst =, ,$(lastword $(LAB_HOSTS)))) -- systemctl status 'dagster-*'"
 

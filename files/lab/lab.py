@@ -283,6 +283,7 @@ def stop_host(name: str) -> None:
     if os.path.ismount(root):
         run("umount", "--lazy", str(root))
     quiet("ip", "link", "delete", f"vb-{name}"[:15])
+    clear_nspawn_leftovers(name)
     shutil.rmtree(d, ignore_errors=True)
 
 
@@ -301,8 +302,20 @@ def write_host_config(root: Path, name: str, ip: str) -> None:
     os.chmod(ssh / "authorized_keys", 0o600)
 
 
+def clear_nspawn_leftovers(name: str) -> None:
+    """systemd-nspawn 257 (Debian 13) makes /run/systemd/nspawn/unix-export/NAME and removes
+    it when it exits; a killed nspawn (a power cut) leaves it, and the next start of the
+    same machine refuses ("Mount point ... exists already")."""
+    export = Path("/run/systemd/nspawn/unix-export") / name
+    if os.path.ismount(export):
+        quiet("umount", "--lazy", str(export))
+    if export.is_dir():
+        shutil.rmtree(export, ignore_errors=True)
+
+
 def start_host(name: str, ip: str, release: str) -> subprocess.Popen:
     d = host_dir(name)
+    clear_nspawn_leftovers(name)
     for sub in ("upper", "work", "root"):
         (d / sub).mkdir(parents=True, exist_ok=True)
     if not os.path.ismount(d / "root"):  # a reboot keeps the mounted disk

@@ -16,7 +16,9 @@ in the webserver (a user waits on the launch), DAEMON_CODE_SERVER_RESTART_SECOND
 the daemon (a retry was lost when a drain and a start under load took 42 s). Health
 checks and workspace loads still fail fast. When the webserver has already marked the
 location unreachable (its watch of the server saw it go), a launch waits as long for
-the location to load again instead of answering "job not found".
+the location to load again instead of answering "job not found". A run the daemon
+dequeues while that server drains for a deploy is refused by it; the start is tried
+again until the server that replaces it takes the run.
 
 The daemon starts the servers of in-process locations (python_module, python_file,
 python_package) itself, and every 60 s forgets them all and starts new ones, to pick up
@@ -54,12 +56,16 @@ from dagster._core.remote_representation.grpc_server_registry import GrpcServerR
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._daemon.controller import RELOAD_WORKSPACE_INTERVAL, DagsterDaemonController
 from dagster._grpc.client import DagsterGrpcClient
+from dagster._grpc.types import StartRunResult
+from dagster._serdes import deserialize_value
 from sqlalchemy import event, exc
 from sqlalchemy.pool import Pool
 
 CODE_SERVER_RESTART_SECONDS = 30.0  # the webserver's; the daemon's is set below, at start
 DAEMON_CODE_SERVER_RESTART_SECONDS = 120.0
 LAUNCH_METHODS = {"ExecutionPlanSnapshot", "ExternalPipelineSubsetSnapshot", "ExternalJob"}
+START_METHOD = "StartRun"
+SHUTTING_DOWN = "after telling it to shut down"
 
 
 @event.listens_for(Pool, "checkout")
@@ -72,10 +78,13 @@ def ping(dbapi_connection, connection_record, connection_proxy):
 
 
 def restarting(method: str, error: DagsterUserCodeUnreachableError) -> bool:
-    if method not in LAUNCH_METHODS:
-        return False
     cause = error.__cause__
     if not isinstance(cause, grpc.RpcError):
+        return False
+    if method == START_METHOD:
+        # Only a connection never made: a call cut off half-way may have started the run.
+        return "failed to connect" in (cause.details() or "").lower()
+    if method not in LAUNCH_METHODS:
         return False
     # Not listening yet, or listening (`dagster code-server start` is a proxy) while the
     # server behind it is still starting: the proxy answers UNKNOWN, "failed to connect".
@@ -123,6 +132,29 @@ def gen_wait_for_restarts(query):
             await asyncio.sleep(0.5)
 
     return retried
+
+
+def start_after_restarts(start_run):
+    """A run the daemon dequeues while its location's server drains for a deploy is
+    refused ("Tried to start a run on a server after telling it to shut down"), and Dagster
+    then fails it for good (a drained run's retry was lost so in a Debian 13 lab run). The
+    refusal changes nothing on the server: the start is tried again until the server that
+    replaces it takes the run (the calls while it does not listen wait in _query)."""
+    def started(self, execute_run_args):
+        deadline = time.monotonic() + CODE_SERVER_RESTART_SECONDS
+        first = True
+        while True:
+            serialized = start_run(self, execute_run_args)
+            result = deserialize_value(serialized, StartRunResult)
+            if result.success or SHUTTING_DOWN not in (result.message or "") or time.monotonic() > deadline:
+                return serialized
+            if first:
+                print(f"StartRun: code server {self._server_address} shutting down, waiting for the next one "
+                      f"(at most {CODE_SERVER_RESTART_SECONDS:.0f} s)", file=sys.stderr, flush=True)
+                first = False
+            time.sleep(0.5)
+
+    return started
 
 
 def unreachable(context, location: str) -> bool:
@@ -231,6 +263,7 @@ def reload_on_request(check_workspace_freshness):
 
 
 DagsterGrpcClient._query = wait_for_restarts(DagsterGrpcClient._query)
+DagsterGrpcClient.start_run = start_after_restarts(DagsterGrpcClient.start_run)
 DagsterGrpcClient._gen_query = gen_wait_for_restarts(DagsterGrpcClient._gen_query)
 
 

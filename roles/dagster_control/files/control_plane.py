@@ -17,8 +17,8 @@ the daemon (a retry was lost when a drain and a start under load took 42 s). Hea
 checks and workspace loads still fail fast. When the webserver has already marked the
 location unreachable (its watch of the server saw it go), a launch waits as long for
 the location to load again instead of answering "job not found". A run the daemon
-dequeues while that server drains for a deploy is refused by it; the start is tried
-again until the server that replaces it takes the run.
+dequeues while that server shuts down (a deploy, after the drain) is refused by it; the
+start is tried again until the server that replaces it takes the run.
 
 The daemon starts the servers of in-process locations (python_module, python_file,
 python_package) itself, and every 60 s forgets them all and starts new ones, to pick up
@@ -135,7 +135,7 @@ def gen_wait_for_restarts(query):
 
 
 def start_after_restarts(start_run):
-    """A run the daemon dequeues while its location's server drains for a deploy is
+    """A run the daemon dequeues while its location's server shuts down for a deploy is
     refused ("Tried to start a run on a server after telling it to shut down"), and Dagster
     then fails it for good (a drained run's retry was lost so in a Debian 13 lab run). The
     refusal changes nothing on the server: the start is tried again until the server that

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Run the README's set-up as a new user would, on a pristine Debian machine: a fresh
 # debootstrap tree of RELEASE (minbase with ca-certificates, as any installed Debian has it,
-# plus the network's CA certificates, as a machine behind a TLS-inspecting proxy has), entered
-# with chroot as root with an empty environment, cloning this repository's committed HEAD.
+# plus the network's CA certificates, as a machine behind a TLS-inspecting proxy has), made the
+# root of a mount namespace of its own (pivot_root) and entered as root with an empty
+# environment, cloning this repository's committed HEAD. Not a plain chroot: the kernel refuses
+# user namespaces to chrooted processes (PrivateUsers= units fail with 217/USER), and nsenter
+# into a host's mount namespace would land on this machine's root instead of the host's.
 # Unlike the `pristine` molecule scenario (toolchain and lint inside lab hosts), it can run
 # `make lab` and `make test` themselves, since nspawn works from a chroot.
 #
@@ -55,7 +58,9 @@ mkdir -p "$root/srv/origin"
 mount --bind -o ro "$repo" "$root/srv/origin"
 
 env -i HOME=/root TERM=dumb PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-  chroot "$root" /bin/bash -euo pipefail -c "
+  unshare --mount --propagation private -- /bin/sh -c '
+    cd "$1" && mkdir -p .old-root && pivot_root . .old-root && cd / && umount --lazy /.old-root \
+      && rmdir /.old-root && exec /bin/bash -euo pipefail -c "$2"' pivot "$root" "
     cd /root
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq git make >/dev/null
     git config --global --add safe.directory /srv/origin

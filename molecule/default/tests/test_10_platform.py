@@ -16,9 +16,10 @@ import pytest
 from dagster_platform import LAB_SECRETS, daemon_code_servers, reboot, record
 
 GRPC = {"hello": 4000, "assets_quickstart": 4001, "etl": 4002, "http_task": 4003, "nyc_taxi": 4004, "chat": 4005,
-        "platform_alerts": 4006}
-# A job per location that succeeds with no run config; nyc_taxi (partitioned) and
-# platform_alerts (its job fails on purpose) are run by test_40_pipelines.
+        "platform_alerts": 4006, "gcp_taxi": 4007}
+# A job per location that succeeds with no run config; nyc_taxi (partitioned),
+# platform_alerts (its job fails on purpose) and gcp_taxi (its upload part only) are run
+# by test_40_pipelines.
 JOBS = {
     "hello": "hello_job",
     "assets_quickstart": "orders_job",

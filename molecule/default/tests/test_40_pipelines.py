@@ -6,6 +6,7 @@ import csv
 import gzip
 import json
 import time
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -43,6 +44,12 @@ def expected_trips(colour: str) -> int:
         return len({tuple(row[c] for c in IDENTITY[colour]) for row in csv.DictReader(source)})
 
 
+def expected_rows(colour: str) -> int:
+    """Data rows of the sample month's file."""
+    with gzip.open(TAXI_SAMPLE / colour / f"{colour}_tripdata_2019-01.csv.gz", "rt") as source:
+        return sum(1 for _ in csv.DictReader(source))
+
+
 def month_rows(host) -> dict[str, int]:
     out = host.check_output(
         "runuser -u postgres -- psql -d warehouse -Atc \"SELECT (SELECT count(*) FROM yellow_trips WHERE "
@@ -51,8 +58,8 @@ def month_rows(host) -> dict[str, int]:
     return {"yellow": int(yellow), "green": int(green)}
 
 
-def materialization(web, table: str) -> dict:
-    data = web.gql(MATERIALIZATION, {"path": [table], "partition": MONTH})
+def materialization(web, key: str | list[str]) -> dict:
+    data = web.gql(MATERIALIZATION, {"path": [key] if isinstance(key, str) else key, "partition": MONTH})
     latest = data["assetOrError"]["assetMaterializations"][0]
     return {"runId": latest["runId"], **{e["label"]: e.get("intValue", e.get("floatValue"))
                                          for e in latest["metadataEntries"]}}
@@ -83,6 +90,33 @@ def test_taxi_month_from_the_sample_and_again_without_duplicates(web, host):
     assert first["yellow"]["rows_inserted"] + second["yellow"]["rows_inserted"] == expected["yellow"]
     assert second["yellow"]["rows_inserted"] == 0 and second["green"]["rows_inserted"] == 0
     record("taxi_sample_runs", runs)
+
+
+def test_gcp_taxi_uploads_a_month_to_cloud_storage_and_replaces_it_on_a_rerun(web, host):
+    """The GCP module's upload part against the stand-ins' fake-gcs-server (BigQuery has no
+    stand-in in the lab: its load and query are tested by the location's own suite)."""
+    gcs = f"http://{host.ansible.get_variables()['ansible_host']}:8901/storage/v1/b/lab-gcp-taxi-nyc-taxi"
+    setup = web.launch("gcp_taxi", "gcp_setup_job", ops=["create_bucket"])
+    assert web.wait_run(setup) == "SUCCESS", web.run_messages(setup)
+    names = {colour: f"nyc_taxi/{colour}/{colour}_tripdata_2019-01.csv.gz" for colour in ("yellow", "green")}
+    generations = []
+    for attempt in ("first", "second"):
+        run_id = web.launch("gcp_taxi", "gcp_data_pipeline_job", tags={"dagster/partition": MONTH},
+                            assets=[["gcp_taxi", f"{colour}_tripdata_file"] for colour in names])
+        assert web.wait_run(run_id) == "SUCCESS", (attempt, web.run_messages(run_id))
+        with urllib.request.urlopen(f"{gcs}/o?prefix=nyc_taxi/", timeout=30) as response:
+            listed = {item["name"]: item for item in json.load(response).get("items", [])}
+        assert set(listed) == set(names.values()), (attempt, sorted(listed))
+        for colour, name in names.items():
+            sample = (TAXI_SAMPLE / colour / f"{colour}_tripdata_2019-01.csv.gz").read_bytes()
+            with urllib.request.urlopen(f"{gcs}/o/{urllib.parse.quote(name, safe='')}?alt=media", timeout=30) as response:
+                assert response.read() == sample, (attempt, name)
+            assert materialization(web, ["gcp_taxi", f"{colour}_tripdata_file"])["rows_in_file"] == \
+                expected_rows(colour), (attempt, colour)
+        generations.append({name: item["generation"] for name, item in listed.items()})
+    first, second = generations
+    assert all(second[name] != first[name] for name in first), "a re-run replaces each object"
+    record("gcp_taxi_upload_generations", generations)
 
 
 def test_a_failed_run_alerts_each_channel_once(web, standins_url):

@@ -102,9 +102,15 @@ class Webserver:
                 return entries
             time.sleep(1)
 
-    def launch(self, location: str, job: str, run_config: dict | None = None, tags: dict | None = None) -> str:
-        params = {"selector": {"repositoryLocationName": location, "repositoryName": "__repository__",
-                               "jobName": job}, "runConfigData": run_config or {},
+    def launch(self, location: str, job: str, run_config: dict | None = None, tags: dict | None = None,
+               ops: list[str] | None = None, assets: list[list[str]] | None = None) -> str:
+        """A run of the job, or of some of its ops or assets (each a key path)."""
+        selector = {"repositoryLocationName": location, "repositoryName": "__repository__", "jobName": job}
+        if ops:
+            selector["solidSelection"] = ops
+        if assets:
+            selector["assetSelection"] = [{"path": path} for path in assets]
+        params = {"selector": selector, "runConfigData": run_config or {},
                   "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]}}
         result = self.gql(LAUNCH, {"p": params})["launchRun"]
         assert result["__typename"] == "LaunchRunSuccess", result

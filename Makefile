@@ -83,7 +83,8 @@ lab: toolchain
 	@echo "Read-only:  the same URL as user viewer, password: sudo cat /var/lib/dagster-lab/secrets/viewer_password"
 	@echo "Health:     ansible-playbook -i $(LAB_INVENTORY) playbooks/status.yml"
 	@[ -z "$(LAB_PGADMIN)" ] || echo "pgAdmin:    $(LAB_PGADMIN)"
-	@[ -z "$(LAB_STANDINS_URL)" ] || echo "Stand-ins for outside services: $(LAB_STANDINS_URL)  (alerts received: $(LAB_STANDINS_URL)/alerts/received)"
+	@[ -z "$(LAB_STANDINS_URL)" ] || echo "Stand-ins for outside services: $(LAB_STANDINS_URL)  (alerts received: $(LAB_STANDINS_URL)/alerts/received;"
+	@[ -z "$(LAB_STANDINS_URL)" ] || echo "            Cloud Storage: $(LAB_STANDINS_URL:8900=8901)/storage/v1/b)"
 	@echo "Inside a host: python3 files/lab/lab.py shell $(firstword $(subst =, ,$(lastword $(LAB_HOSTS)))) -- systemctl status 'dagster-*'"
 
 lab-down:

@@ -207,3 +207,22 @@ def test_guessing_the_login_is_rate_limited_then_banned(web, host, password):
 def banned_addresses(host) -> list[str]:
     status = host.check_output("fail2ban-client status dagster-pgadmin")
     return re.search(r"Banned IP list:\s*(.*)", status).group(1).split()
+
+
+def test_a_restart_answers_again_through_nginx(host, web):
+    """Its start time: from `systemctl restart` until the login page answers through nginx
+    (gunicorn imports pgAdmin before it listens)."""
+    started = time.monotonic()
+    host.check_output("systemctl restart dagster-pgadmin.service")
+    deadline = started + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{web.url}{PATH}/login", timeout=5, context=web.context) as page:
+                if page.status == 200:
+                    break
+        except OSError:  # nginx's 502 while pgAdmin does not listen yet, or a timeout
+            pass
+        assert time.monotonic() < deadline, "pgAdmin did not answer within 120 s of a restart"
+        time.sleep(0.2)
+    record("pgadmin_start_seconds", round(time.monotonic() - started, 1))
+    assert host.service("dagster-pgadmin.service").is_running

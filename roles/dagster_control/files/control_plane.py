@@ -18,7 +18,10 @@ checks and workspace loads still fail fast. When the webserver has already marke
 location unreachable (its watch of the server saw it go), a launch waits as long for
 the location to load again instead of answering "job not found". A run the daemon
 dequeues while that server shuts down (a deploy, after the drain) is refused by it; the
-start is tried again until the server that replaces it takes the run.
+start is tried again until the server that replaces it takes the run. A run that failed
+while its server was replaced (a deploy that stopped it past the drain) is retried once
+the location loads again: Dagster gave the retry up for good when the daemon's copy of
+the location was still the unreachable one.
 
 The daemon starts the servers of in-process locations (python_module, python_file,
 python_package) itself, and every 60 s forgets them all and starts new ones, to pick up
@@ -51,7 +54,7 @@ import time
 from importlib.metadata import entry_points
 
 import grpc
-from dagster._core.errors import DagsterUserCodeUnreachableError
+from dagster._core.errors import DagsterCodeLocationLoadError, DagsterUserCodeUnreachableError
 from dagster._core.remote_representation.grpc_server_registry import GrpcServerRegistry
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._daemon.controller import RELOAD_WORKSPACE_INTERVAL, DagsterDaemonController
@@ -155,6 +158,35 @@ def start_after_restarts(start_run):
             time.sleep(0.5)
 
     return started
+
+
+def retry_after_restarts(retry_run):
+    """The daemon's retry_run, which raises DagsterCodeLocationLoadError before doing
+    anything when its copy of the run's location failed to load; Dagster then tags the run
+    "will not retry". While the cause is an unreachable server, the location is read
+    again and the retry tried again, for up to CODE_SERVER_RESTART_SECONDS."""
+    def retried(failed_run, workspace_context):
+        deadline = time.monotonic() + CODE_SERVER_RESTART_SECONDS
+        first = True
+        while True:
+            try:
+                return retry_run(failed_run, workspace_context)
+            except DagsterCodeLocationLoadError as error:
+                if "DagsterUserCodeUnreachableError" not in str(error) or time.monotonic() > deadline:
+                    raise
+                location = failed_run.remote_job_origin.location_name
+                if first:
+                    print(f"retry of run {failed_run.run_id}: location {location} unreachable (code server "
+                          f"restarting?), waiting for it (at most {CODE_SERVER_RESTART_SECONDS:.0f} s)",
+                          file=sys.stderr, flush=True)
+                    first = False
+            time.sleep(2)
+            try:
+                workspace_context.refresh_code_location(location)
+            except Exception as error:  # the next try says what is wrong
+                print(f"retry: reading location {location} failed ({error!r})", file=sys.stderr, flush=True)
+
+    return retried
 
 
 def unreachable(context, location: str) -> bool:
@@ -282,6 +314,9 @@ if __name__ == "__main__":
         DagsterDaemonController.check_workspace_freshness = reload_on_request(
             DagsterDaemonController.check_workspace_freshness)
         CODE_SERVER_RESTART_SECONDS = DAEMON_CODE_SERVER_RESTART_SECONDS
+        from dagster._daemon.auto_run_reexecution import auto_run_reexecution
+
+        auto_run_reexecution.retry_run = retry_after_restarts(auto_run_reexecution.retry_run)
     if program == "dagster-webserver":
         from dagster_graphql.implementation.execution import launch_execution
 

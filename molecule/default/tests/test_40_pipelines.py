@@ -38,15 +38,19 @@ SENSOR_TICKS = """
 CHANNELS = ("slack", "teams", "discord", "telegram")
 
 
+def sample_file(colour: str):
+    return TAXI_SAMPLE / colour / f"{colour}_tripdata_2019-01.csv.gz"
+
+
 def expected_trips(colour: str) -> int:
     """Distinct trips of the sample month, counted from the raw CSV."""
-    with gzip.open(TAXI_SAMPLE / colour / f"{colour}_tripdata_2019-01.csv.gz", "rt") as source:
+    with gzip.open(sample_file(colour), "rt") as source:
         return len({tuple(row[c] for c in IDENTITY[colour]) for row in csv.DictReader(source)})
 
 
 def expected_rows(colour: str) -> int:
     """Data rows of the sample month's file."""
-    with gzip.open(TAXI_SAMPLE / colour / f"{colour}_tripdata_2019-01.csv.gz", "rt") as source:
+    with gzip.open(sample_file(colour), "rt") as source:
         return sum(1 for _ in csv.DictReader(source))
 
 
@@ -108,7 +112,7 @@ def test_gcp_taxi_uploads_a_month_to_cloud_storage_and_replaces_it_on_a_rerun(we
             listed = {item["name"]: item for item in json.load(response).get("items", [])}
         assert set(listed) == set(names.values()), (attempt, sorted(listed))
         for colour, name in names.items():
-            sample = (TAXI_SAMPLE / colour / f"{colour}_tripdata_2019-01.csv.gz").read_bytes()
+            sample = sample_file(colour).read_bytes()
             with urllib.request.urlopen(f"{gcs}/o/{urllib.parse.quote(name, safe='')}?alt=media", timeout=30) as response:
                 assert response.read() == sample, (attempt, name)
             assert materialization(web, ["gcp_taxi", f"{colour}_tripdata_file"])["rows_in_file"] == \

@@ -363,6 +363,31 @@ def main_pids(h, units):
     return {unit: h.check_output(f"systemctl show -P MainPID {unit}") for unit in units}
 
 
+def test_check_on_a_fresh_host_says_what_it_would_do_and_does_none_of_it(outsider, tmp_path):
+    """The whole platform (the all-in-one lab's settings) dry-run on a host that has none of
+    it: every stage reports, nothing waits for a service that does not exist, nothing is written."""
+    inventory = tmp_path / "all-in-one"
+    inventory.mkdir()
+    (inventory / "group_vars").symlink_to(PROJECT / "inventory" / "lab" / "group_vars")
+    groups = ["dagster_db", "dagster_control", "dagster_code"]
+    (inventory / "hosts.yml").write_text(yaml.safe_dump({"all": {
+        "hosts": {name(outsider): {"ansible_host": address(outsider)}},
+        "children": {g: {"hosts": {name(outsider): None}} for g in groups}}}))
+    snapshot = "find /etc /opt /usr/local -xdev -printf '%p %s %T@\\n' | sort | sha256sum"
+    before = outsider.check_output(snapshot)
+    started = time.monotonic()
+    result = run_playbook("site.yml", "--check", "--diff", inventory=str(inventory))
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    record("check_on_a_fresh_host_seconds", round(time.monotonic() - started, 1))
+    assert recap(result.stdout)[name(outsider)]["changed"] > 0
+    for says in ["path: /etc/dagster/workspace.yaml", "path: /etc/systemd/system/dagster-webserver.service",
+                 "path: /etc/nginx/sites-available/dagster", "dagster-code@hello.service"]:
+        assert says in result.stdout, says
+    assert outsider.check_output(snapshot) == before
+    assert not outsider.user("dagster").exists
+    assert not outsider.package("postgresql").is_installed
+
+
 def test_a_code_server_bound_to_loopback_on_a_code_host_is_refused(host, code1, tmp_path):
     """The control host could not reach it: the preflight says so before anything changes."""
     locations = yaml.safe_load((PROJECT / "inventory/lab-multinode/group_vars/all/locations.yml").read_text())

@@ -179,12 +179,13 @@ def inventory_dir() -> str:
     return str(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent)
 
 
-def run_playbook(playbook: str, *extra_args: str) -> subprocess.CompletedProcess:
-    """Run one of the project's playbooks against the scenario's hosts exactly as a user would."""
+def run_playbook(playbook: str, *extra_args: str, inventory: str = "") -> subprocess.CompletedProcess:
+    """Run one of the project's playbooks against the scenario's hosts (or another
+    inventory's) exactly as a user would."""
     env = dict(os.environ, ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                ANSIBLE_FORCE_COLOR="0")
     return subprocess.run(
-        ["ansible-playbook", "-i", inventory_dir(), str(PROJECT / playbook), *extra_args],
+        ["ansible-playbook", "-i", inventory or inventory_dir(), str(PROJECT / playbook), *extra_args],
         cwd=PROJECT, env=env, text=True, capture_output=True, timeout=900,
     )
 

@@ -30,6 +30,12 @@ minute, most of an idle control host's CPU. Here code changes only through a dep
 which restarts the daemon; it starts a new server only for a location whose server
 failed or exited.
 
+Each of them watches every gRPC location for a new server (a restart) with a call on a
+new channel every second: with the read-only webserver, three calls a second per location
+kept an idle host's CPU busy in proportion to its locations (~2% of a core each, code
+server included). Every WATCH_SECONDS instead: a deploy reloads the locations it restarted
+itself, so the watch only catches restarts outside a deploy, 5 s later at most.
+
 Both read workspace.yaml again on SIGHUP (`systemctl reload`), as the daemon does by
 itself every 60 s: every location is read from its running server (no server restarts,
 no run in flight touched), and an in-process location gets a server only if it has none
@@ -58,12 +64,14 @@ from dagster._core.errors import DagsterCodeLocationLoadError, DagsterUserCodeUn
 from dagster._core.remote_representation.grpc_server_registry import GrpcServerRegistry
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._daemon.controller import RELOAD_WORKSPACE_INTERVAL, DagsterDaemonController
+from dagster._grpc import server_watcher
 from dagster._grpc.client import DagsterGrpcClient
 from dagster._grpc.types import StartRunResult
 from dagster._serdes import deserialize_value
 from sqlalchemy import event, exc
 from sqlalchemy.pool import Pool
 
+WATCH_SECONDS = 5  # Dagster's 1: see the docstring
 CODE_SERVER_RESTART_SECONDS = 30.0  # the webserver's; the daemon's is set below, at start
 DAEMON_CODE_SERVER_RESTART_SECONDS = 120.0
 LAUNCH_METHODS = {"ExecutionPlanSnapshot", "ExternalPipelineSubsetSnapshot", "ExternalJob"}
@@ -304,6 +312,7 @@ if __name__ == "__main__":
     signal.signal(signal.SIGHUP, lambda signum, frame: reload_requested.set())
     program = sys.argv.pop(1)
     sys.argv[0] = program
+    server_watcher.WATCH_INTERVAL = WATCH_SECONDS
     for flag in ("--workspace", "-w"):
         if flag in sys.argv[:-1]:
             workspace_file = sys.argv[sys.argv.index(flag) + 1]

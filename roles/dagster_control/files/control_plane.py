@@ -32,8 +32,7 @@ failed or exited.
 
 Each of them watches every gRPC location for a new server (a restart) with a call on a
 new channel every second: with the read-only webserver, three calls a second per location
-kept an idle host's CPU busy in proportion to its locations (~2% of a core each, code
-server included). Every WATCH_SECONDS instead: a deploy reloads the locations it restarted
+kept an idle host's CPU busy in proportion to its locations. Every WATCH_SECONDS instead: a deploy reloads the locations it restarted
 itself, so the watch only catches restarts outside a deploy, 5 s later at most.
 
 Both read workspace.yaml again on SIGHUP (`systemctl reload`), as the daemon does by

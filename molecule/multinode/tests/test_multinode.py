@@ -363,9 +363,10 @@ def main_pids(h, units):
     return {unit: h.check_output(f"systemctl show -P MainPID {unit}") for unit in units}
 
 
-def test_check_on_a_fresh_host_says_what_it_would_do_and_does_none_of_it(outsider, tmp_path):
+def test_check_on_a_fresh_host_says_what_it_would_do_and_does_none_of_it(host, outsider, tmp_path):
     """The whole platform (the all-in-one lab's settings) dry-run on a host that has none of
-    it: every stage reports, nothing waits for a service that does not exist, nothing is written."""
+    it: every stage reports, nothing waits for a service that does not exist, nothing is written.
+    (`host` orders it among the control host's tests, before the outsider joins below.)"""
     inventory = tmp_path / "all-in-one"
     inventory.mkdir()
     (inventory / "group_vars").symlink_to(PROJECT / "inventory" / "lab" / "group_vars")

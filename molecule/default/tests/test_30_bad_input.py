@@ -62,6 +62,8 @@ SETTING_CASES = {
                             "dagster_proxy_password_hash_rounds must be between 1000 and 999999999"),
     "negative-drain": ({"dagster_code_drain_timeout_seconds": -1},
                        "dagster_code_drain_timeout_seconds must be 0 (no wait for runs in flight) or more seconds"),
+    "start-timeout-too-short": ({"dagster_code_start_timeout_seconds": 5},
+                                "dagster_code_start_timeout_seconds must be 10 or more"),
     "backup-time-not-a-calendar": ({"dagster_postgresql_backup_on_calendar": "every night"},
                                    'dagster_postgresql_backup_on_calendar "every night" is not a systemd calendar expression'),
     "backup-folder-relative": ({"dagster_postgresql_backup_dir": "backups"},

@@ -8,7 +8,10 @@ serve LOCATION ARGS...
     still STARTED whose worker started before this process cannot be alive any more
     (server killed or crashed, host rebooted). With the DefaultRunLauncher, Dagster's
     run monitoring cannot see that, and such a run would stay STARTED for
-    max_runtime_seconds.
+    max_runtime_seconds. With Type=notify it tells systemd the server is ready once its
+    port accepts connections: Dagster's proxy server loads the code (or records the load
+    error) before it listens, so `systemctl start` and `restart` return when the location
+    can be read, and nothing downstream has to poll for it.
 
 drain SECONDS
     ExecStop: waits, at most SECONDS, until the server's run workers have finished, so
@@ -17,6 +20,7 @@ drain SECONDS
 """
 
 import os
+import socket
 import sys
 import threading
 import time
@@ -70,6 +74,23 @@ def fail_runs_left_behind(location):
             time.sleep(3)
 
 
+def notify_ready_once_listening(bind, port):
+    notify = os.environ.get("NOTIFY_SOCKET", "")
+    if not notify:
+        return  # not under Type=notify
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bind, bind)
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    address = "\0" + notify[1:] if notify.startswith("@") else notify
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as channel:
+        channel.sendto(b"READY=1", address)
+    log(f"serving on {host}:{port}")
+
+
 def serve(location, args):
     import dagster._grpc.client
     from dagster._cli import main
@@ -81,6 +102,8 @@ def serve(location, args):
     dagster._grpc.client.CLIENT_HEARTBEAT_INTERVAL = HEARTBEAT_SECONDS
     threading.Thread(target=fail_runs_left_behind, args=(location,), daemon=True,
                      name="fail-runs-left-behind").start()
+    threading.Thread(target=notify_ready_once_listening, daemon=True, name="notify-ready",
+                     args=(os.environ["DAGSTER_CODE_BIND"], os.environ["DAGSTER_CODE_PORT"])).start()
     sys.argv = ["dagster", *args]
     sys.exit(main())
 

@@ -11,8 +11,8 @@ then measures, each against its target:
   remove_location  a run that removes that location
   noop_30          a re-run that changes nothing, 30 locations
   marginal         (noop_30 - noop_10) / 20: what one more location adds to a no-op run
-Prints the table beside the previous result and appends the figures to
-files/bench/history.jsonl (kept in git, so a regression shows). Results of this run
+Prints the table beside the previous result and appends the figures, with the machine's
+speed before and after (cpu_seconds), to files/bench/history.jsonl (kept in git, so a regression shows). Results of this run
 also go to artifacts/bench.json, and the slowest tasks of each measured run (profile_tasks)
 to artifacts/bench-profile-<figure>.txt. Run as root: `make bench`.
 """
@@ -169,7 +169,20 @@ def measure(bench: Bench) -> dict:
     return figures
 
 
-def report(figures: dict) -> None:
+def cpu_seconds() -> float:
+    """Seconds a fixed pure-Python loop takes here, best of three. The machines this runs
+    on are shared: their speed moves by up to 2x within an hour, and every figure with it.
+    Kept beside the figures (before and after), so that two results compare fairly."""
+    best = float("inf")
+    for _ in range(3):
+        started, total = time.perf_counter(), 0
+        for i in range(3_000_000):
+            total += i * i
+        best = min(best, time.perf_counter() - started)
+    return round(best, 3)
+
+
+def report(figures: dict, calibration: dict) -> None:
     history = [json.loads(line) for line in HISTORY.read_text().splitlines()] if HISTORY.exists() else []
     previous = history[-1]["figures"] if history else {}
     print(f"\n{'figure':<18}{'target':>9}{'now':>9}{'previous':>10}")
@@ -178,13 +191,16 @@ def report(figures: dict) -> None:
         mark = "" if target is None else ("  ok" if value <= target else "  MISSED")
         print(f"{name:<18}{'' if target is None else f'<= {target:g}':>9}{value:>9g}"
               f"{previous.get(name, ''):>10}{mark}")
+    print(f"cpu_seconds (a fixed Python loop; lower is a faster machine): {calibration}"
+          f", previous {history[-1].get('cpu_seconds', 'not measured') if history else 'none'}")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT, text=True,
                             capture_output=True).stdout.strip()
     if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT, text=True,
                       capture_output=True).stdout.strip():
         commit += "-dirty"  # measured with changes not committed yet
     entry = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": commit, "release": RELEASE,
-             "cpus": os.cpu_count(), "machine": platform.machine(), "figures": figures}
+             "cpus": os.cpu_count(), "machine": platform.machine(), "figures": figures,
+             "cpu_seconds": calibration}
     with HISTORY.open("a") as f:
         f.write(json.dumps(entry, sort_keys=True) + "\n")
     (PROJECT / "artifacts").mkdir(exist_ok=True)
@@ -194,13 +210,15 @@ def report(figures: dict) -> None:
 def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("bench: run as root (it boots a lab host)")
+    calibration = {"before": cpu_seconds()}
     subprocess.run([*LAB, "up", "--fresh", f"{HOST}={ADDRESS}@{RELEASE}"], check=True)
     try:
         with tempfile.TemporaryDirectory(prefix="dagster-bench-") as workdir:
             figures = measure(Bench(Path(workdir)))
     finally:
         subprocess.run([*LAB, "down", HOST], check=False)
-    report(figures)
+    calibration["after"] = cpu_seconds()
+    report(figures, calibration)
 
 
 if __name__ == "__main__":

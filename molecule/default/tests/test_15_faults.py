@@ -94,12 +94,26 @@ def test_a_run_fails_with_the_reason_when_its_code_server_is_killed(web, host):
     a_new_run_succeeds(web, host)
 
 
+def test_a_restart_returns_once_the_code_server_listens(host):
+    """Type=notify: the launcher says ready once the port accepts connections, which
+    Dagster's proxy server does after loading the code."""
+    assert host.check_output("systemctl show -P Type dagster-code@hello.service") == "notify"
+    host.run_test("systemctl restart dagster-code@hello.service")
+    assert host.socket("tcp://127.0.0.1:4000").is_listening
+    assert host.service("dagster-code@hello.service").is_running
+
+
 def test_a_launch_right_after_a_code_server_restart_succeeds(web, host):
-    """The server is not listening yet when the launch asks it for the execution plan, or
-    the webserver has already marked the location unreachable: either way the launch
+    """A restart still under way (systemd restarting a crashed server, or `--no-block`):
+    the server is not listening yet when the launch asks it for the execution plan, or
+    the webserver has already marked the location unreachable. Either way the launch
     waits for the server (it answered HTTP 500, or "job not found", before)."""
     since = host.check_output("date +%s")
-    host.run_test("systemctl restart dagster-code@hello.service")
+    host.run_test("systemctl restart --no-block dagster-code@hello.service")
+    deadline = time.monotonic() + 60
+    while host.socket("tcp://127.0.0.1:4000").is_listening:  # the old server drains, then stops
+        assert time.monotonic() < deadline, "the old code server of hello still listens after 60 s"
+        time.sleep(0.1)
     assert web.wait_run(web.launch("hello", "hello_job")) == "SUCCESS"
     journal = host.check_output(f"journalctl -u dagster-webserver --since @{since} --no-pager")
     assert "ExecutionPlanSnapshot: code server 127.0.0.1:4000 restarting" in journal \

@@ -1,5 +1,6 @@
 """Faults heal themselves: run workers that die, code servers killed, a PostgreSQL outage."""
 
+import re
 import time
 
 from dagster_platform import daemon_code_servers, record
@@ -94,12 +95,17 @@ def test_a_run_fails_with_the_reason_when_its_code_server_is_killed(web, host):
     a_new_run_succeeds(web, host)
 
 
+def hello_listens(host) -> bool:
+    """gRPC listens on an IPv6 socket: ss shows [::ffff:127.0.0.1]:4000."""
+    return re.search(r"127\.0\.0\.1\]?:4000\s", host.run("ss -Hltn").stdout) is not None
+
+
 def test_a_restart_returns_once_the_code_server_listens(host):
     """Type=notify: the launcher says ready once the port accepts connections, which
     Dagster's proxy server does after loading the code."""
     assert host.check_output("systemctl show -P Type dagster-code@hello.service") == "notify"
     host.run_test("systemctl restart dagster-code@hello.service")
-    assert host.socket("tcp://127.0.0.1:4000").is_listening
+    assert hello_listens(host)
     assert host.service("dagster-code@hello.service").is_running
 
 
@@ -111,7 +117,7 @@ def test_a_launch_right_after_a_code_server_restart_succeeds(web, host):
     since = host.check_output("date +%s")
     host.run_test("systemctl restart --no-block dagster-code@hello.service")
     deadline = time.monotonic() + 60
-    while host.socket("tcp://127.0.0.1:4000").is_listening:  # the old server drains, then stops
+    while hello_listens(host):  # the old server drains, then stops
         assert time.monotonic() < deadline, "the old code server of hello still listens after 60 s"
         time.sleep(0.1)
     assert web.wait_run(web.launch("hello", "hello_job")) == "SUCCESS"

@@ -12,8 +12,8 @@ then measures, each against its target:
   noop_30          a re-run that changes nothing, 30 locations
   marginal         (noop_30 - noop_10) / 20: what one more location adds to a no-op run
 Prints the table beside the previous result and appends the figures, with the machine's
-speed before and after (cpu_seconds), to files/bench/history.jsonl (kept in git, so a regression shows). Results of this run
-also go to artifacts/bench.json, and the slowest tasks of each measured run (profile_tasks)
+speed before and after (cpu_seconds), to files/bench/history.jsonl (kept in git, so a
+regression shows). Results of this run also go to artifacts/bench.json, and the slowest tasks of each measured run (profile_tasks)
 to artifacts/bench-profile-<figure>.txt. Run as root: `make bench`.
 """
 

@@ -13,8 +13,9 @@ then measures, each against its target:
   marginal         (noop_30 - noop_10) / 20: what one more location adds to a no-op run
 Prints the table beside the previous result and appends the figures, with the machine's
 speed before and after (cpu_seconds), to files/bench/history.jsonl (kept in git, so a
-regression shows). Results of this run also go to artifacts/bench.json, and the slowest tasks of each measured run (profile_tasks)
-to artifacts/bench-profile-<figure>.txt. Run as root: `make bench`.
+regression shows). Results of this run also go to artifacts/bench.json, and the slowest
+tasks of each measured run (profile_tasks) to artifacts/bench-profile-<figure>.txt.
+Run as root: `make bench`.
 """
 
 from __future__ import annotations

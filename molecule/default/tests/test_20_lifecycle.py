@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster_platform import (LAB_SECRETS, MAIN_PIDS_COMMAND, PROJECT, record, run_site,
+from dagster_platform import (LAB_SECRETS, MAIN_PIDS_COMMAND, PROJECT, recap, record, run_site,
                               unit_main_pids)
 
 BASE = yaml.safe_load((PROJECT / "inventory/lab/group_vars/all/locations.yml").read_text())["dagster_locations"]
@@ -264,3 +264,32 @@ def test_a_login_removed_from_the_inventory_stops_working(host, web, tmp_path):
         as_visitor.get("/server_info")
     assert refused.value.code == 401
     record("login_request_seconds_at_5000_rounds", round(request_seconds(web), 4))
+
+
+def test_database_drift_and_a_restart_left_pending_are_repaired_by_the_next_run(host):
+    """dagster_postgresql_objects: a listen address written by a run that stopped before
+    the restart is applied by the next run, and a changed password or a revoked grant
+    are put back; the run after that changes nothing."""
+    as_postgres = "cd /tmp && runuser -u postgres -- psql -XAt -v ON_ERROR_STOP=1"
+    # The server runs with another listen address, and the inventory's is written but not
+    # applied: what a run leaves when it stops between ALTER SYSTEM and the restart.
+    host.check_output(f"{as_postgres} -c \"ALTER SYSTEM SET listen_addresses = '127.0.0.1'\"")
+    host.check_output("systemctl restart 'postgresql@*-main.service'")
+    host.check_output(f"{as_postgres} -c 'ALTER SYSTEM RESET listen_addresses' -c 'SELECT pg_reload_conf()'")
+    host.check_output(f"{as_postgres} -d dagster -c \"ALTER ROLE dagster_runs PASSWORD 'not-the-inventory-s'\""
+                      " -c 'REVOKE UPDATE ON ALL TABLES IN SCHEMA public FROM dagster_runs'")
+    assert host.check_output(f"{as_postgres} -c 'SHOW listen_addresses'") == "127.0.0.1"
+    postmaster = host.check_output(f"{as_postgres} -c 'SELECT pg_postmaster_start_time()'")
+
+    result = run_site("--tags", "dagster_postgresql")
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert recap(result.stdout)[host.backend.host]["changed"] >= 2, result.stdout[-4000:]  # objects, restart
+    assert host.check_output(f"{as_postgres} -c 'SHOW listen_addresses'") == "localhost"
+    assert host.check_output(f"{as_postgres} -c 'SELECT pg_postmaster_start_time()'") != postmaster
+    runs_password = (LAB_SECRETS / "dagster_db_runs_password").read_text().strip()
+    psql = f"PGPASSWORD={runs_password} psql -h 127.0.0.1 -U dagster_runs -d dagster -XAt -v ON_ERROR_STOP=1 -c"
+    assert host.check_output(f"{psql} \"SELECT has_table_privilege('runs', 'UPDATE')\"") == "t"
+
+    result = run_site("--tags", "dagster_postgresql")
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert recap(result.stdout)[host.backend.host]["changed"] == 0, result.stdout[-4000:]

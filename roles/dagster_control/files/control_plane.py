@@ -38,9 +38,16 @@ itself, so the watch only catches restarts outside a deploy, 5 s later at most.
 Both read workspace.yaml again on SIGHUP (`systemctl reload`), as the daemon does by
 itself every 60 s: every location is read from its running server (no server restarts,
 no run in flight touched), and an in-process location gets a server only if it has none
-yet or its server exited. When a service has read the workspace (at start, and at each
-reload) it writes the SHA-1 of the file it read to $DAGSTER_WORKSPACE_LOADED_FILE, so a
-deploy can tell which services still run an older workspace (workspace_sync.py).
+yet or its server exited. The daemon does so at once, not at the end of its main loop's
+5 s sleep. When a service has read the workspace (at start, and at each reload) it writes
+the SHA-1 of the file it read to $DAGSTER_WORKSPACE_LOADED_FILE, so a deploy can tell
+which services still run an older workspace (workspace_sync.py).
+
+On SIGUSR1 both read again, from their running servers, the locations named in
+refresh.request (JSON: token, locations) beside that file, then write the token to
+refresh.done. A deploy that restarted code servers has every service see the new code
+at once this way; Dagster's reloadRepositoryLocation would instead have the new server
+load its code a second time.
 
 When the command returns or is interrupted, Dagster has shut itself down (threads
 joined, servers stopped). Python's own teardown after that, which only frees memory,
@@ -50,6 +57,7 @@ it is skipped.
 
 import asyncio
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -57,11 +65,13 @@ import sys
 import threading
 import time
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import grpc
 from dagster._core.errors import DagsterCodeLocationLoadError, DagsterUserCodeUnreachableError
 from dagster._core.remote_representation.grpc_server_registry import GrpcServerRegistry
 from dagster._core.workspace.context import WorkspaceProcessContext
+from dagster._daemon import controller as daemon_controller
 from dagster._daemon.controller import RELOAD_WORKSPACE_INTERVAL, DagsterDaemonController
 from dagster._grpc import server_watcher
 from dagster._grpc.client import DagsterGrpcClient
@@ -236,6 +246,25 @@ def forget_stopped_servers(registry):
 WORKSPACE_LOADED_FILE = os.environ.get("DAGSTER_WORKSPACE_LOADED_FILE")
 workspace_file = None  # set from the command line
 reload_requested = threading.Event()
+refresh_requested = threading.Event()
+contexts = []  # every WorkspaceProcessContext this process made
+
+
+def set_from_signal(flag: threading.Event):
+    """A signal handler that sets `flag` from another thread: Event.set takes a lock that
+    the interrupted thread may hold (the daemon's main thread waits on reload_requested)."""
+    return lambda signum, frame: threading.Thread(target=flag.set, daemon=True).start()
+
+
+class SleepUntilReload:
+    """`time` for the daemon controller's main loop: its 5 s sleep ends at SIGHUP."""
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        reload_requested.wait(seconds)
 
 
 def workspace_digest() -> str | None:
@@ -275,7 +304,36 @@ def refresh_keeping_servers(context) -> None:
     context.refresh_workspace()
 
 
-def webserver_reloader(contexts: list) -> None:
+def location_refresher() -> None:
+    """The thread that serves SIGUSR1: reads the requested locations again in every
+    workspace context, then tells which request it served."""
+    runtime = Path(WORKSPACE_LOADED_FILE or "/nonexistent").parent
+    while True:
+        refresh_requested.wait()
+        refresh_requested.clear()
+        try:
+            request = json.loads((runtime / "refresh.request").read_text())
+            token, locations = str(request["token"]), list(request["locations"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            print(f"refresh: no readable request in {runtime} ({error!r})", file=sys.stderr, flush=True)
+            continue
+        started = time.monotonic()
+        for context in list(contexts):
+            for name in locations:
+                try:
+                    context.refresh_code_location(name)
+                except KeyError:
+                    pass  # not in this workspace yet: a reload reads it
+                except Exception as error:  # the deploy's load check reports what is wrong
+                    print(f"refresh: reading location {name} failed ({error!r})", file=sys.stderr, flush=True)
+        partial = runtime / "refresh.done.partial"
+        partial.write_text(token + "\n")
+        os.replace(partial, runtime / "refresh.done")
+        print(f"refresh: {', '.join(locations)} read again in {time.monotonic() - started:.1f} s",
+              file=sys.stderr, flush=True)
+
+
+def webserver_reloader() -> None:
     """The webserver's thread that serves SIGHUP (a signal handler must not block the
     event loop), for every workspace context the webserver made."""
     while True:
@@ -307,8 +365,9 @@ DagsterGrpcClient._gen_query = gen_wait_for_restarts(DagsterGrpcClient._gen_quer
 
 
 if __name__ == "__main__":
-    # The default action of SIGHUP ends the process: take it over first.
-    signal.signal(signal.SIGHUP, lambda signum, frame: reload_requested.set())
+    # The default action of SIGHUP and SIGUSR1 ends the process: take them over first.
+    signal.signal(signal.SIGHUP, set_from_signal(reload_requested))
+    signal.signal(signal.SIGUSR1, set_from_signal(refresh_requested))
     program = sys.argv.pop(1)
     sys.argv[0] = program
     server_watcher.WATCH_INTERVAL = WATCH_SECONDS
@@ -317,10 +376,19 @@ if __name__ == "__main__":
             workspace_file = sys.argv[sys.argv.index(flag) + 1]
     for method in ("__init__", "refresh_workspace", "reload_workspace"):
         setattr(WorkspaceProcessContext, method, telling_workspace_loaded(getattr(WorkspaceProcessContext, method)))
+    made = WorkspaceProcessContext.__init__
+
+    def remembered(self, *args, **kwargs):
+        made(self, *args, **kwargs)
+        contexts.append(self)
+
+    WorkspaceProcessContext.__init__ = remembered
+    threading.Thread(target=location_refresher, name="location-refresher", daemon=True).start()
     if program == "dagster-daemon":
         GrpcServerRegistry.clear_all_grpc_endpoints = forget_stopped_servers
         DagsterDaemonController.check_workspace_freshness = reload_on_request(
             DagsterDaemonController.check_workspace_freshness)
+        daemon_controller.time = SleepUntilReload()
         CODE_SERVER_RESTART_SECONDS = DAEMON_CODE_SERVER_RESTART_SECONDS
         from dagster._daemon.auto_run_reexecution import auto_run_reexecution
 
@@ -329,15 +397,7 @@ if __name__ == "__main__":
         from dagster_graphql.implementation.execution import launch_execution
 
         launch_execution.do_launch = launch_after_restarts(launch_execution.do_launch)
-        contexts = []
-        made = WorkspaceProcessContext.__init__
-
-        def remembered(self, *args, **kwargs):
-            made(self, *args, **kwargs)
-            contexts.append(self)
-
-        WorkspaceProcessContext.__init__ = remembered
-        threading.Thread(target=webserver_reloader, args=(contexts,), name="workspace-reloader", daemon=True).start()
+        threading.Thread(target=webserver_reloader, name="workspace-reloader", daemon=True).start()
     (main,) = entry_points(group="console_scripts", name=program)
     try:
         code = main.load()()

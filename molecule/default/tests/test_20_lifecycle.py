@@ -1,5 +1,6 @@
 """Adding a location is one inventory entry and a re-run; state: absent removes it."""
 
+import shlex
 import shutil
 import time
 import urllib.error
@@ -293,3 +294,34 @@ def test_database_drift_and_a_restart_left_pending_are_repaired_by_the_next_run(
     result = run_site("--tags", "dagster_postgresql")
     assert result.returncode == 0, result.stdout[-4000:]
     assert recap(result.stdout)[host.backend.host]["changed"] == 0, result.stdout[-4000:]
+
+
+def test_the_self_signed_certificate_is_kept_then_renewed_before_it_ends(host):
+    """dagster_self_signed_cert: a certificate that fits is kept across runs; one that
+    ends within 30 days is made again (same key, same names) and nginx serves the new one."""
+    crt, key = "/etc/nginx/dagster/tls.crt", "/etc/nginx/dagster/tls.key"
+    original = host.file(crt).content_string
+    subject = host.check_output(f"openssl x509 -in {crt} -noout -subject -nameopt RFC2253").removeprefix("subject=")
+    san = host.check_output(f"openssl x509 -in {crt} -noout -ext subjectAltName").splitlines()[1].strip()
+    san = san.replace("IP Address:", "IP:")
+    served = ("echo | openssl s_client -connect 127.0.0.1:443 2>/dev/null"
+              " | openssl x509 -noout -fingerprint -sha256")
+    try:
+        # One that ends in 10 days, for the same key and names.
+        host.check_output(f"openssl req -x509 -new -key {key} -days 10 -subj '/{subject}' "
+                          f"-addext 'subjectAltName={san}' -out {crt} && systemctl reload nginx")
+        result = run_site("--tags", "dagster_proxy")
+        assert result.returncode == 0, result.stdout[-4000:]
+        assert recap(result.stdout)[host.backend.host]["changed"] >= 1, result.stdout[-4000:]
+        ends = host.check_output(f"date -d \"$(openssl x509 -in {crt} -noout -enddate | cut -d= -f2)\" +%s")
+        assert int(ends) - time.time() > 800 * 86400
+        assert host.check_output(served) == host.check_output(f"openssl x509 -in {crt} -noout -fingerprint -sha256")
+        assert host.check_output(f"openssl x509 -in {crt} -noout -ext subjectAltName").splitlines()[1].strip() \
+            .replace("IP Address:", "IP:") == san
+    finally:
+        # The scenario's certificate back (the web fixture trusts it): a run keeps it.
+        host.check_output(f"printf '%s' {shlex.quote(original)} > {crt} && systemctl reload nginx")
+    result = run_site("--tags", "dagster_proxy")
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert recap(result.stdout)[host.backend.host]["changed"] == 0, result.stdout[-4000:]
+    assert host.file(crt).content_string == original

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Digest of each location's source folder on the controller, as the hosts get it.
 
-Reads {"locations": {name: folder}, "excludes": [rsync patterns]} on stdin and prints
-{name: sha256}. A pattern ending in / excludes directories of that name, any other a
-file name glob, wherever they are (the forms dagster_code_source_excludes documents).
+Reads {"locations": {name: folder}, "excludes": [rsync patterns]} from its argument (or
+stdin) and prints {name: sha256}. A pattern ending in / excludes directories of that
+name, any other a file name glob, wherever they are (the forms dagster_code_source_excludes
+documents).
 The digest covers every copied path and its content (a symlink's target), so a host
 whose recorded digest matches holds exactly this code.
 """
@@ -38,7 +39,7 @@ def digest(folder: str, dir_patterns: list[str], file_patterns: list[str]) -> st
 
 
 def main() -> None:
-    request = json.load(sys.stdin)
+    request = json.loads(sys.argv[1]) if len(sys.argv) > 1 else json.load(sys.stdin)
     excludes = request.get("excludes", [])
     dir_patterns = [p.rstrip("/") for p in excludes if p.endswith("/")]
     file_patterns = [p for p in excludes if not p.endswith("/")]

@@ -102,7 +102,7 @@ def hello_listens(host) -> bool:
 
 def test_a_restart_returns_once_the_code_server_listens(host):
     """Type=notify: the launcher says ready once the port accepts connections, which
-    Dagster's proxy server does after loading the code."""
+    `dagster api grpc` does after loading the code."""
     assert host.check_output("systemctl show -P Type dagster-code@hello.service") == "notify"
     host.run_test("systemctl restart dagster-code@hello.service")
     assert hello_listens(host)

@@ -106,8 +106,9 @@ def restarting(method: str, error: DagsterUserCodeUnreachableError) -> bool:
         return "failed to connect" in (cause.details() or "").lower()
     if method not in LAUNCH_METHODS:
         return False
-    # Not listening yet, or listening (`dagster code-server start` is a proxy) while the
-    # server behind it is still starting: the proxy answers UNKNOWN, "failed to connect".
+    # Not listening yet, or (a `dagster code-server start` proxy, which a location's own
+    # launcher may run) listening while the server behind it is still starting: the proxy
+    # answers UNKNOWN, "failed to connect".
     return cause.code() == grpc.StatusCode.UNAVAILABLE or (
         cause.code() == grpc.StatusCode.UNKNOWN and "failed to connect" in (cause.details() or ""))
 

@@ -35,7 +35,7 @@ try:
     # imports (minified, compressed, with the list of its imports): 170-odd modules and
     # 0.7-0.8 s of every run, most of it before the first task. Kept on disk between runs,
     # keyed by each module file's mtime and size (and its folder's, for a package), and
-    # thrown away whole when Mitogen, Python or sys.path differ.
+    # thrown away whole when Mitogen, Ansible, Python or a folder of sys.path differ.
     import os
     import pickle
     import sys
@@ -48,7 +48,10 @@ try:
     _build_tuple = mitogen.master.ModuleResponder._build_tuple
     _tuple_cache_path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                      ".cache", "mitogen-modules.pickle")
-    _tuple_cache_version = repr((mitogen.__version__, ansible.__version__, sys.version, sys.path))
+    # A package installed or removed changes its folder's mtime: a module found before may
+    # now be shadowed by another on the path.
+    _tuple_cache_version = repr((mitogen.__version__, ansible.__version__, sys.version,
+                                 [(p, os.stat(p).st_mtime_ns if os.path.isdir(p) else None) for p in sys.path]))
     _tuple_cache = {"entries": None, "dirty": threading.Event()}
 
     def _module_stamp(tup):
@@ -67,6 +70,7 @@ try:
             _tuple_cache["dirty"].wait()
             _tuple_cache["dirty"].clear()
             try:
+                os.makedirs(os.path.dirname(_tuple_cache_path), exist_ok=True)
                 partial = f"{_tuple_cache_path}.{os.getpid()}"
                 with open(partial, "wb") as out:
                     pickle.dump({"version": _tuple_cache_version, "entries": dict(_tuple_cache["entries"])}, out)

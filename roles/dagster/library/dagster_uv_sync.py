@@ -19,7 +19,8 @@ description:
   - In check mode runs it with C(--dry-run); a project or uv that is not there yet (a fresh
     host) is reported as a change, not a failure.
   - After a sync it writes a stamp in the venv (C(.dagster-uv-sync)): the digest of
-    pyproject.toml, uv.lock, the uv binary and UV_PYTHON. While the stamp matches and the
+    pyproject.toml, uv.lock, the uv binary, UV_PYTHON and the uv command line (removed
+    before each sync, so a failed one leaves none). While the stamp matches and the
     venv's python is there, uv is not run (it costs 0.2-0.4 s to find nothing to do).
     Deleting the stamp, or the venv, makes the next run sync again.
 options:
@@ -55,9 +56,9 @@ CHANGES = re.compile(r"^(Installed|Uninstalled|Would install|Would uninstall|Wou
 STAMP = ".dagster-uv-sync"
 
 
-def inputs_digest(uv: str, project_dir: str) -> str | None:
-    """What the venv is built from; None when some of it is missing."""
-    digest = hashlib.sha256()
+def inputs_digest(uv: str, project_dir: str, command: list[str]) -> str | None:
+    """What the venv is built from, and how; None when some of it is missing."""
+    digest = hashlib.sha256(" ".join(command).encode() + b"\0")
     try:
         for name in ("pyproject.toml", "uv.lock"):
             with open(os.path.join(project_dir, name), "rb") as source:
@@ -89,10 +90,16 @@ def main() -> None:
         supports_check_mode=True,
     )
     params = module.params
-    digest = inputs_digest(params["uv"], params["project_dir"])
+    command = [params["uv"], "sync", "--frozen", "--no-dev", "--compile-bytecode"]
+    digest = inputs_digest(params["uv"], params["project_dir"], command)
     if stamp_matches(params["venv_dir"], digest):
         module.exit_json(changed=False, stderr="", msg="the venv's stamp matches its lock file: nothing to sync")
-    command = [params["uv"], "sync", "--frozen", "--no-dev", "--compile-bytecode"]
+    stamp = os.path.join(params["venv_dir"], STAMP)
+    if not module.check_mode:
+        try:
+            os.unlink(stamp)  # a sync that fails half-way must not leave a stamp that matches later
+        except FileNotFoundError:
+            pass
     if module.check_mode:
         if not (os.access(params["uv"], os.X_OK) and os.path.isfile(os.path.join(params["project_dir"], "uv.lock"))):
             module.exit_json(changed=True, stderr="", msg="uv or the project is not installed yet: it would be built")
@@ -103,7 +110,6 @@ def main() -> None:
         module.fail_json(msg=f"uv sync failed in {params['project_dir']} (exit {rc})", rc=rc, cmd=command,
                          stdout=stdout, stderr=stderr)
     if not module.check_mode and digest is not None:
-        stamp = os.path.join(params["venv_dir"], STAMP)
         with open(stamp + ".tmp", "w") as out:
             out.write(digest + "\n")
         os.replace(stamp + ".tmp", stamp)

@@ -327,9 +327,13 @@ def location_refresher() -> None:
                     pass  # not in this workspace yet: a reload reads it
                 except Exception as error:  # the deploy's load check reports what is wrong
                     print(f"refresh: reading location {name} failed ({error!r})", file=sys.stderr, flush=True)
-        partial = runtime / "refresh.done.partial"
-        partial.write_text(token + "\n")
-        os.replace(partial, runtime / "refresh.done")
+        try:
+            partial = runtime / "refresh.done.partial"
+            partial.write_text(token + "\n")
+            os.replace(partial, runtime / "refresh.done")
+        except OSError as error:  # the deploy waiting for the token reports it
+            print(f"refresh: cannot answer in {runtime} ({error!r})", file=sys.stderr, flush=True)
+            continue
         print(f"refresh: {', '.join(locations)} read again in {time.monotonic() - started:.1f} s",
               file=sys.stderr, flush=True)
 

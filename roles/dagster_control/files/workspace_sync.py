@@ -28,16 +28,20 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
 
 def loaded(path: Path) -> str | None:
+    """The first line of a file the service writes; a link there is not followed (root reads it)."""
     try:
-        return path.read_text().strip() or None
-    except FileNotFoundError:
+        handle = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:  # none yet, or a link: no answer
         return None
+    with os.fdopen(handle) as answer:
+        return answer.read(200).strip() or None
 
 
 def unit_state(unit: str) -> tuple[Path, int]:
@@ -70,8 +74,14 @@ def catches_sigusr1(pid: int) -> bool:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
+    """Root writing in a folder the service's account owns: a new file of a random name
+    (never through a link planted there), then renamed over the old one."""
+    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(handle, 0o644)
+        os.write(handle, text.encode())
+    finally:
+        os.close(handle)
     os.replace(partial, path)
 
 
@@ -79,7 +89,7 @@ class Sync:
     def __init__(self, args):
         self.args = args
         self.wanted = hashlib.sha1(args.workspace.read_bytes()).hexdigest()
-        self.deadline = time.monotonic() + args.timeout
+        self.deadline = 0.0  # each phase has --timeout
         self.started = time.monotonic()
         self.reloaded, self.refreshed, self.seconds = [], [], {}
 
@@ -89,6 +99,7 @@ class Sync:
 
     def reload(self, units: list[str]) -> None:
         """Has the units whose digest differs read the file, side by side."""
+        self.deadline = time.monotonic() + self.args.timeout
         waiting = []
         for unit in units:
             path, _ = unit_state(unit)
@@ -116,6 +127,7 @@ class Sync:
         """Has the units read the --refresh locations again from their servers, side by side."""
         if not self.args.refresh:
             return
+        self.deadline = time.monotonic() + self.args.timeout
         token = uuid.uuid4().hex
         request = json.dumps({"token": token, "locations": self.args.refresh})
         waiting = []

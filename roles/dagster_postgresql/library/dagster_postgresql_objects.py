@@ -156,6 +156,12 @@ class Cluster:
     def roles(self, wanted: list) -> None:
         if not wanted:
             return
+        passwords = {}
+        for role in wanted:
+            if passwords.setdefault(role["name"], role["password"]) != role["password"]:
+                self.module.fail_json(msg=f"role {role['name']} is given two different passwords: "
+                                          "give each login of the platform a name of its own")
+        wanted = [{"name": name, "password": password} for name, password in passwords.items()]
         stored = dict(self.query("SELECT rolname, rolpassword FROM pg_authid WHERE rolname = ANY(%s)",
                                  ([r["name"] for r in wanted],)))
         can_login = {name for (name,) in self.query(
@@ -191,7 +197,7 @@ class Cluster:
                 self.change(f"database {database['name']} owned by {database['owner']}",
                             self.sql.SQL("ALTER DATABASE {} OWNER TO {}").format(name, owner))
 
-    def acls(self, connection) -> list:
+    def acls(self, connection) -> dict:
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT 'database', datname::text, datacl::text FROM pg_database WHERE datname = current_database()"
@@ -199,8 +205,8 @@ class Cluster:
                 " UNION ALL SELECT 'relation', oid::text, relacl::text FROM pg_class"
                 " WHERE relkind IN ('r', 'p', 'v', 'm', 'f', 'S')"
                 " UNION ALL SELECT 'default', concat_ws(' ', defaclrole, defaclnamespace, defaclobjtype), defaclacl::text"
-                " FROM pg_default_acl ORDER BY 1, 2")
-            return cursor.fetchall()
+                " FROM pg_default_acl")
+            return {(kind, name): acl for kind, name, acl in cursor.fetchall()}
 
     def grant(self, item: dict):
         sql = self.sql
@@ -227,8 +233,8 @@ class Cluster:
         for item in wanted:
             by_database.setdefault(item["database"], []).append(item)
         for database, items in by_database.items():
-            if self.check and (f"database {database} created" in self.changes
-                               or any(c.startswith(f"role {i['role']} created") for i in items for c in self.changes)):
+            missing = {f"role {name} created" for i in items for name in (i["role"], i["default_for"]) if name}
+            if self.check and (f"database {database} created" in self.changes or missing & set(self.changes)):
                 self.changes.append(f"privileges granted in {database}")
                 continue  # what they would be on is not there yet
             connection = self.connect(database)
@@ -239,7 +245,8 @@ class Cluster:
                     for item in items:
                         cursor.execute(self.grant(item))
                 after = self.acls(connection)
-                if before != after:
+                # Objects made or dropped meanwhile by other sessions (runs) do not count.
+                if any(after[key] != acl for key, acl in before.items() if key in after):
                     self.changes.append(f"privileges granted in {database}")
                 if not self.check and before != after:
                     connection.commit()

@@ -78,14 +78,14 @@ def not_after(cert) -> datetime.datetime:
     return end or cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
 
 
-def write(module: AnsibleModule, path: str, data: bytes, mode: int) -> None:
+def write(path: str, data: bytes, mode: int) -> None:
     handle, partial = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".dagster-")
     try:
         os.fchmod(handle, mode)
         os.write(handle, data)
     finally:
         os.close(handle)
-    module.atomic_move(partial, path)
+    os.replace(partial, path)  # keeps the mode set above (atomic_move would widen a new file's)
 
 
 def main() -> None:
@@ -128,7 +128,7 @@ def main() -> None:
     if key is None:
         key = ec.generate_private_key(ec.SECP384R1())
         if not module.check_mode:
-            write(module, p["key_path"], key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            write(p["key_path"], key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                            serialization.NoEncryption()), 0o600)
 
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -168,7 +168,7 @@ def main() -> None:
                 .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
                 .sign(key, hashes.SHA256()))
         if not module.check_mode:
-            write(module, p["cert_path"], cert.public_bytes(serialization.Encoding.PEM), 0o644)
+            write(p["cert_path"], cert.public_bytes(serialization.Encoding.PEM), 0o644)
     changed = bool(reasons)
     for path, mode in ((p["key_path"], "0600"), (p["cert_path"], "0644")):
         if os.path.exists(path):  # not yet in check mode on a fresh host

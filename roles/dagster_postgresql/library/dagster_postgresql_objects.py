@@ -248,8 +248,8 @@ class Cluster:
                 # Objects made or dropped meanwhile by other sessions (runs) do not count.
                 if any(after[key] != acl for key, acl in before.items() if key in after):
                     self.changes.append(f"privileges granted in {database}")
-                if not self.check and before != after:
-                    connection.commit()
+                    if not self.check:
+                        connection.commit()
             finally:
                 connection.rollback()  # what check mode tried, or what an error left
                 connection.autocommit = True

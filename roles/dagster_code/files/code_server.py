@@ -91,8 +91,30 @@ def notify_ready_once_listening(bind, port):
     log(f"serving on {host}:{port}")
 
 
+def wait_for_database():
+    """`dagster api grpc` reads the instance once, as it starts, and a database that does
+    not answer yet (a boot: the code server can start before the cluster) would be served
+    as the location's load error until the server restarts. So the server starts once
+    the database answers; until then the unit is `activating`."""
+    from dagster import DagsterInstance
+
+    said = False
+    while True:
+        try:
+            with DagsterInstance.get() as instance:
+                instance.get_run_records(limit=1)
+            return
+        except Exception as error:  # not answering yet: keep trying, within TimeoutStartSec
+            if not said:
+                log(f"waiting for the database before serving ({error!r})")
+                said = True
+            time.sleep(1)
+
+
 def serve(location, args):
     from dagster._cli import main
+
+    wait_for_database()
 
     threading.Thread(target=fail_runs_left_behind, args=(location,), daemon=True,
                      name="fail-runs-left-behind").start()

@@ -245,8 +245,10 @@ class Cluster:
                     for item in items:
                         cursor.execute(self.grant(item))
                 after = self.acls(connection)
-                # Objects made or dropped meanwhile by other sessions (runs) do not count.
-                if any(after[key] != acl for key, acl in before.items() if key in after):
+                # Objects other sessions (runs) made or dropped meanwhile do not count; a
+                # default-privileges entry made here does.
+                if any(acl != before.get(key) for key, acl in after.items()
+                       if key in before or key[0] == "default"):
                     self.changes.append(f"privileges granted in {database}")
                     if not self.check:
                         connection.commit()

@@ -172,6 +172,36 @@ def test_a_change_stopped_after_the_copy_is_finished_by_the_next_run(host, web, 
     # (or back_to_base, should that test not run).
 
 
+def test_tags_deploy_puts_new_code_live_restarting_its_server_alone(host, web, tmp_path):
+    """`--tags deploy`, the short run for new code of installed locations (site.yml)."""
+    source, locations = hello_copied(tmp_path)
+    marker = f"Say hello, shout it, report it ({uuid.uuid4().hex[:8]})."
+    definitions = source / HELLO_DEFINITIONS
+    definitions.write_text(definitions.read_text().replace("Say hello, shout it, report it.", marker))
+    extra = tmp_path / "locations.yml"
+    extra.write_text(yaml.safe_dump({"dagster_locations": locations}))
+    units = main_pids_all(host)
+
+    result = run_site("-e", f"@{extra}", "--tags", "deploy")
+    assert result.returncode == 0, result.stdout[-4000:]
+    after = main_pids_all(host)
+    assert sorted(unit for unit in units if after[unit] != units[unit]) == ["dagster-code@hello.service"]
+    assert hello_description(web) == marker  # the control plane has read it: no wait needed
+    # It ran every input check and the two roles; of the other roles, their checks alone.
+    for task in ["dagster : Check the topology of code locations, hosts and ports", "dagster_code : Restart the code servers",
+                 "dagster_control : Check every location loaded without error", "dagster_metrics : Check the metrics inputs"]:
+        assert f"TASK [{task}" in result.stdout, task
+    for task in ["dagster_postgresql : Write pg_hba.conf", "dagster_host : Create the user",
+                 "dagster_instance : Render dagster.yaml", "dagster_proxy : Write the site",
+                 "dagster_pgadmin : Write pgAdmin's settings", "dagster_metrics : Install the exporter's unit"]:
+        assert f"TASK [{task}" not in result.stdout, task
+
+    again = run_site("-e", f"@{extra}", "--tags", "deploy")
+    assert again.returncode == 0 and recap(again.stdout)[host.backend.host]["changed"] == 0, again.stdout[-3000:]
+    assert main_pids_all(host) == after
+    # The next test's first converge, from the scenario's locations, takes hello back.
+
+
 def test_a_deploy_during_a_run_drains_then_stops_it_for_a_retry(host, web, tmp_path):
     """A code change restarts the location's server; the stop first waits for its runs in
     flight, for at most dagster_code_drain_timeout_seconds (20 s in the lab). A run that

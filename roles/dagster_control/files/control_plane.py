@@ -40,8 +40,9 @@ itself every 60 s: every location is read from its running server (no server res
 no run in flight touched), and an in-process location gets a server only if it has none
 yet or its server exited. The daemon does so at once, not at the end of its main loop's
 5 s sleep. When a service has read the workspace (at start, and at each reload) it writes
-the SHA-1 of the file it read to $DAGSTER_WORKSPACE_LOADED_FILE, so a deploy can tell
-which services still run an older workspace (workspace_sync.py).
+the SHA-1 of the file it read to $DAGSTER_WORKSPACE_LOADED_FILE, and the file itself
+beside it (workspace.yaml), so a deploy can tell which services still run an older
+workspace and which locations are new to them (workspace_sync.py).
 
 On SIGUSR1 both read again, from their running servers, the locations named in
 refresh.request (JSON: token, locations) beside that file, then write the token to
@@ -268,31 +269,37 @@ class SleepUntilReload:
         reload_requested.wait(seconds)
 
 
-def workspace_digest() -> str | None:
+def workspace_content() -> bytes | None:
     try:
         with open(workspace_file, "rb") as workspace:
-            return hashlib.sha1(workspace.read()).hexdigest()
+            return workspace.read()
     except (OSError, TypeError):
         return None
 
 
-def tell_workspace_loaded(digest: str | None) -> None:
-    """Atomically, so that a reader sees the old digest or the new one."""
-    if not WORKSPACE_LOADED_FILE or digest is None:
+def write_atomically(path: str, content: bytes) -> None:
+    """So that a reader sees the old file or the new one."""
+    partial = f"{path}.partial"
+    with open(partial, "wb") as out:
+        out.write(content)
+    os.replace(partial, path)
+
+
+def tell_workspace_loaded(content: bytes | None) -> None:
+    """The copy first: a reader that sees the new digest finds the new copy."""
+    if not WORKSPACE_LOADED_FILE or content is None:
         return
-    partial = f"{WORKSPACE_LOADED_FILE}.partial"
-    with open(partial, "w") as out:
-        out.write(digest + "\n")
-    os.replace(partial, WORKSPACE_LOADED_FILE)
+    write_atomically(os.path.join(os.path.dirname(WORKSPACE_LOADED_FILE), "workspace.yaml"), content)
+    write_atomically(WORKSPACE_LOADED_FILE, hashlib.sha1(content).hexdigest().encode() + b"\n")
 
 
 def telling_workspace_loaded(load):
-    """Wraps a WorkspaceProcessContext method that reads workspace.yaml. The digest is
-    taken before the read: if the file changes meanwhile, the next deploy reloads again."""
+    """Wraps a WorkspaceProcessContext method that reads workspace.yaml. The file is
+    taken before the read: if it changes meanwhile, the next deploy reloads again."""
     def loaded(self, *args, **kwargs):
-        digest = workspace_digest()
+        content = workspace_content()
         result = load(self, *args, **kwargs)
-        tell_workspace_loaded(digest)
+        tell_workspace_loaded(content)
         return result
 
     return loaded

@@ -6,7 +6,9 @@ Each service (control_plane.py) writes the SHA-1 of the workspace it has read to
 file its unit names in DAGSTER_WORKSPACE_LOADED_FILE, at start and after each reload. A
 service whose digest differs from the file's is reloaded (SIGHUP through `systemctl
 reload`) and waited for until it has read the file: FIRST_UNIT (the daemon) first, then
-the others side by side. A missing file means the service is starting (its runtime
+the others side by side, when the file names a location the daemon has not read yet (a
+run launched for it before the daemon, which dequeues it, knows it fails for good);
+otherwise all side by side. A missing file means the service is starting (its runtime
 directory goes with each stop): it is waited for, not signalled, since it reads the file
 as it starts. Because the digests are compared on every run, a deploy interrupted after
 writing the file is finished by the next one.
@@ -25,6 +27,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -62,6 +65,16 @@ def wait_for(path: Path, wanted: str, deadline: float) -> bool:
             return True
         time.sleep(0.05)
     return loaded(path) == wanted
+
+
+def location_names(path: Path) -> set[str] | None:
+    """The locations a workspace.yaml of this role names (one `location_name:` line each)."""
+    try:
+        handle = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(handle) as workspace:
+        return set(re.findall(r"^\s*location_name:\s*\"?([^\s\"]+)", workspace.read(), re.MULTILINE))
 
 
 def catches_sigusr1(pid: int) -> bool:
@@ -161,10 +174,12 @@ def main() -> int:
     parser.add_argument("units", nargs="+", metavar="UNIT")
     args = parser.parse_args()
     sync = Sync(args)
-    # The daemon first: a run launched for a new location before the daemon, which
-    # dequeues it, knows the location fails for good.
-    sync.reload(args.units[:1])
-    sync.reload(args.units[1:])
+    daemon_read = location_names(unit_state(args.units[0])[0].parent / "workspace.yaml")
+    if daemon_read is None or not location_names(args.workspace) <= daemon_read:
+        sync.reload(args.units[:1])
+        sync.reload(args.units[1:])
+    else:  # locations removed or changed, none added
+        sync.reload(args.units)
     sync.refresh(args.units)
     print(json.dumps({"reloaded": sync.reloaded, "refreshed": sync.refreshed, "seconds": sync.seconds}))
     return 0

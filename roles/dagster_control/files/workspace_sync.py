@@ -37,14 +37,19 @@ import uuid
 from pathlib import Path
 
 
-def loaded(path: Path) -> str | None:
-    """The first line of a file the service writes; a link there is not followed (root reads it)."""
+def read_service_file(path: Path, limit: int = -1) -> str | None:
+    """A file the service writes; a link there is not followed (root reads it)."""
     try:
         handle = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:  # none yet, or a link: no answer
         return None
     with os.fdopen(handle) as answer:
-        return answer.read(200).strip() or None
+        return answer.read(limit)
+
+
+def loaded(path: Path) -> str | None:
+    """The first line of a file the service writes."""
+    return (read_service_file(path, 200) or "").strip() or None
 
 
 def unit_state(unit: str) -> tuple[Path, int]:
@@ -69,12 +74,8 @@ def wait_for(path: Path, wanted: str, deadline: float) -> bool:
 
 def location_names(path: Path) -> set[str] | None:
     """The locations a workspace.yaml of this role names (one `location_name:` line each)."""
-    try:
-        handle = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    with os.fdopen(handle) as workspace:
-        return set(re.findall(r"^\s*location_name:\s*\"?([^\s\"]+)", workspace.read(), re.MULTILINE))
+    text = read_service_file(path)
+    return None if text is None else set(re.findall(r"^\s*location_name:\s*\"?([^\s\"]+)", text, re.MULTILINE))
 
 
 def catches_sigusr1(pid: int) -> bool:

@@ -326,6 +326,32 @@ def test_database_drift_and_a_restart_left_pending_are_repaired_by_the_next_run(
     assert recap(result.stdout)[host.backend.host]["changed"] == 0, result.stdout[-4000:]
 
 
+# Units of every role, found down by a run: it reads which are up once, when it begins
+# (dagster_platform_units_up), and starts and enables the others.
+FOUND_STOPPED = ["dagster-daemon.service", "dagster-webserver-read-only.service", "dagster-code@etl.service",
+                 "nginx.service", "dagster-exporter.service", "dagster-run-retention.timer", "postgresql.service"]
+FOUND_DISABLED = ["pg-dump-dagster.timer", "dagster-pgadmin.service", "fail2ban.service",
+                  "nftables-dagster.service", "nftables-dagster-metrics.service"]
+
+
+def test_units_found_stopped_or_disabled_are_started_and_enabled_by_the_next_run(host, web):
+    host.check_output("systemctl stop " + " ".join(FOUND_STOPPED))
+    host.check_output("systemctl disable --now " + " ".join(FOUND_DISABLED))
+    down = FOUND_STOPPED + FOUND_DISABLED
+    assert [host.run(f"systemctl is-active {unit}").stdout.strip() for unit in down] == ["inactive"] * len(down)
+
+    result = run_site()
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    for unit in down:
+        assert host.run(f"systemctl is-active {unit}").stdout.strip() == "active", unit
+        assert host.run(f"systemctl is-enabled {unit}").stdout.strip() == "enabled", unit
+    assert all(e["loadStatus"] == "LOADED" for e in web.wait_loaded().values())
+
+    result = run_site()
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert recap(result.stdout)[host.backend.host]["changed"] == 0, result.stdout[-4000:]
+
+
 def test_the_self_signed_certificate_is_kept_then_renewed_before_it_ends(host):
     """dagster_self_signed_cert: a certificate that fits is kept across runs; one that
     ends within 30 days is made again (same key, same names) and nginx serves the new one."""

@@ -47,6 +47,8 @@ RELEASE = os.environ.get("DAGSTER_LAB_RELEASE", "trixie")
 HISTORY = PROJECT / "files" / "bench" / "history.jsonl"
 LAB = [sys.executable, str(PROJECT / "files" / "lab" / "lab.py")]
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
+if REPEATS < 1:
+    raise SystemExit(f"bench: BENCH_REPEATS must be 1 or more, got {REPEATS}")
 TARGETS = {  # seconds, from the deploy-loop issue
     "noop_10": 20.0,
     "code_change": 20.0,

@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+import yaml
 
 from dagster_platform import LAB_SECRETS, daemon_code_servers, reboot, record
 
@@ -251,6 +252,16 @@ def test_daemon_is_healthy(web, host):
         "/opt/dagster/control/venv/bin/dagster-daemon liveness-check"
     )
     assert liveness.rc == 0, liveness.stdout + liveness.stderr
+
+
+def test_the_instance_queues_runs_as_configured(web):
+    """The instance the webserver and daemon load is dagster.yaml's: the run queue's limit and
+    the daemon's look at it each second (not Dagster's 5 s, which a launch would wait for)."""
+    instance = web.gql("{ instance { info runQueueConfig { maxConcurrentRuns } } }")["instance"]
+    assert instance["runQueueConfig"]["maxConcurrentRuns"] == 10, instance["runQueueConfig"]
+    run_coordinator = yaml.safe_load(instance["info"])["run_coordinator"]
+    assert run_coordinator["class"] == "QueuedRunCoordinator", run_coordinator
+    assert run_coordinator["config"]["dequeue_interval_seconds"] == 1, run_coordinator
 
 
 IN_PROCESS = ["file_example", "isolation", "module_example"]
